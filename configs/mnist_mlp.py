@@ -1,0 +1,19 @@
+r"""MNIST, 784-256-256-256-10 tanh MLP: configs/fmnist_mlp.py with dataset=mnist.
+
+Command (MNIST has no Debian package: point data.dir at the four IDX files, or let tfds
+download it with TensorFlow installed):
+
+  python -m experiments.mnist --config=configs/mnist_mlp.py --workdir=/tmp/mnist \
+      --config.rule=rec_lra --config.data.dir=/path/to/mnist
+
+Figures: see README.md "Results". Arguments: `smoke`, `demo` as in fmnist_mlp.py.
+"""
+
+from configs import fmnist_mlp
+
+
+def get_config(arg: str | None = None):
+    config = fmnist_mlp.get_config(arg)
+    if config.dataset != "synthetic":
+        config.dataset = "mnist"
+    return config

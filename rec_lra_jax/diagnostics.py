@@ -1,0 +1,27 @@
+"""Diagnostics: how well a rule's deltas align with the backprop gradient, per layer."""
+
+import jax
+import jax.numpy as jnp
+
+
+def tensor_cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Cosine of the angle between two same-shaped tensors, flattened."""
+    a, b = a.ravel(), b.ravel()
+    return jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-30)
+
+
+def layer_cosines(deltas: dict, grads: dict, leaf: str = "kernel") -> dict[str, jax.Array]:
+    """{layer: cos(delta_l, grad_l)} for the `leaf` tensor of every layer in `grads`.
+
+    A cosine near 1 means the local delta points along the backprop gradient; near -1
+    means a flipped sign somewhere (SPEC "Key property").
+    """
+    return {name: tensor_cosine(deltas[name][leaf], grads[name][leaf]) for name in sorted(grads)}
+
+
+def layer_norm_ratios(deltas: dict, grads: dict, leaf: str = "kernel") -> dict[str, jax.Array]:
+    """{layer: ||delta_l|| / ||grad_l||}; for LRA-E at small beta this is ~beta^(L-l)."""
+    return {
+        name: jnp.linalg.norm(deltas[name][leaf]) / jnp.linalg.norm(grads[name][leaf])
+        for name in sorted(grads)
+    }

@@ -1,0 +1,101 @@
+"""Flax models whose forward pass exposes what local learning rules need per layer."""
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "sigmoid": jax.nn.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """Returns the elementwise activation called `name`, with a clear error otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
+    return ACTIVATIONS[name]
+
+
+def kernel_initializer(scheme: str) -> nn.initializers.Initializer:
+    """Forward-weight init schemes of SPEC "Initialisation".
+
+    "lra_e": N(0, 0.1^2) as in the authors' LRA-E code; "unit": N(0, 1) as in the paper;
+    "he": N(0, 2 / fan_in); "lecun": N(0, 1 / fan_in) (flax's default).
+    """
+    schemes = {
+        "lra_e": nn.initializers.normal(0.1),
+        "unit": nn.initializers.normal(1.0),
+        "he": nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
+        "lecun": nn.initializers.lecun_normal(),
+    }
+    if scheme not in schemes:
+        raise ValueError(f"Unknown init scheme {scheme!r}; choose one of {sorted(schemes)}.")
+    return schemes[scheme]
+
+
+def layer_name(index: int) -> str:
+    """Name of weight layer `index` (0-based); names sort in depth order."""
+    return f"layer_{index:02d}"
+
+
+def residual_source(layer: int, gap: int, widths: Sequence[int]) -> int | None:
+    """Layer whose activity is added to layer `layer`'s pre-activation, or None.
+
+    Layers are 1-based, widths[0] is the input width. Every `gap`-th layer (l % gap == 0)
+    below the output gets z_{l - gap} added when the widths match (SPEC "rec-LRA" 1).
+    """
+    num_layers = len(widths) - 1
+    if gap <= 0 or layer % gap or layer >= num_layers:
+        return None
+    source = layer - gap
+    return source if widths[source] == widths[layer] else None
+
+
+class MLP(nn.Module):
+    """Multilayer perceptron h_l = z_{l-1} W_l + b_l (+ z_{l-g}), z_l = phi(h_l).
+
+    Returns a dict with per-layer tuples, in depth order:
+      "inputs": z_{l-1} (the layer's input; z_0 is the flattened image),
+      "pre":    h_l,
+      "post":   z_l, with z_L = softmax(h_L) at the output,
+    and "logits" = h_L. The same call serves training and inference.
+
+    Attributes:
+      features: widths of the hidden layers followed by the number of classes.
+      activation: hidden nonlinearity phi (key of ACTIVATIONS).
+      residual_gap: g; 0 disables residual connections.
+      init_scheme: forward-weight init scheme (see `kernel_initializer`).
+    """
+
+    features: Sequence[int]
+    activation: str = "tanh"
+    residual_gap: int = 0
+    init_scheme: str = "lra_e"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> dict:
+        if x.ndim < 2:
+            raise ValueError(f"MLP expects a batch of inputs, got shape {x.shape}.")
+        phi = get_activation(self.activation)
+        z = x.reshape(x.shape[0], -1)
+        widths = (z.shape[-1], *self.features)
+        zs, hs = [z], []
+        for l, width in enumerate(self.features, start=1):
+            h = nn.Dense(
+                width,
+                name=layer_name(l - 1),
+                kernel_init=kernel_initializer(self.init_scheme),
+                bias_init=nn.initializers.zeros,
+            )(zs[-1])
+            source = residual_source(l, self.residual_gap, widths)
+            if source is not None:
+                h = h + zs[source]
+            hs.append(h)
+            zs.append(phi(h) if l < len(self.features) else jax.nn.softmax(h))
+        return {"inputs": tuple(zs[:-1]), "pre": tuple(hs), "post": tuple(zs[1:]), "logits": hs[-1]}

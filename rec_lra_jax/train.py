@@ -1,0 +1,295 @@
+"""Training loop: jitted train and eval steps, checkpoints, metrics and results.json.
+
+`train_and_evaluate(config, workdir)` is the only function here that reads a config; it
+builds the model, the rule and the optax chain, then hands them to the pure steps.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rec_lra_jax import checkpoints, diagnostics, input_pipeline, models, rules, transforms
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree of arrays."""
+
+    step: jax.Array
+    params: Any
+    feedback: Any
+    opt_state: Any
+
+
+def make_model(config: ml_collections.ConfigDict, num_classes: int) -> models.MLP:
+    """The model named by config.model."""
+    if config.name != "mlp":
+        raise ValueError(f"Unknown model {config.name!r}; this version supports 'mlp'.")
+    return models.MLP(
+        features=(*config.hidden, num_classes), activation=config.activation,
+        residual_gap=config.residual_gap, init_scheme=config.init,
+    )
+
+
+def make_rule(rule: str, config: ml_collections.ConfigDict) -> rules.UpdateRule:
+    """The update rule `rule` with the LRA options in config (config.lra)."""
+    lra = dict(
+        beta=config.beta, gamma=config.gamma, error_unit=config.error_unit,
+        alpha_skip=config.alpha_skip, alpha_adjacent=config.alpha_adjacent,
+        feedback_rule=config.feedback_rule, feedback_init=config.feedback_init, dx=config.dx,
+    )
+    factories = {
+        "rec_lra": lambda: rules.rec_lra(module_size=config.module_size, depth=config.depth, **lra),
+        "lra_e": lambda: rules.lra_e(**lra),
+        "bp": rules.backprop,
+        "fa": lambda: rules.feedback_alignment(feedback_init=config.baseline_feedback_init),
+        "dfa": lambda: rules.direct_feedback_alignment(
+            feedback_init=config.baseline_feedback_init),
+    }
+    if rule not in factories:
+        raise ValueError(f"Unknown rule {rule!r}; choose one of {sorted(factories)}.")
+    return factories[rule]()
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, *, total_steps: int, learn_feedback: bool
+) -> optax.GradientTransformation:
+    """The optax chain for {"params", "feedback"} deltas, from config.optim.
+
+    Per-tensor re-projection (SPEC), then AdamW or SGD with the schedule; error synapses
+    share the chain when they learn and are frozen (set_to_zero) otherwise.
+    """
+    schedules = {
+        "constant": lambda: optax.constant_schedule(config.lr),
+        "cosine": lambda: optax.cosine_decay_schedule(config.lr, total_steps, config.final_lr_frac),
+    }
+    if config.schedule not in schedules:
+        raise ValueError(f"Unknown schedule {config.schedule!r}; choose one of {sorted(schedules)}.")
+    lr = schedules[config.schedule]()
+    if config.name == "adamw":
+        opt = optax.adamw(lr, weight_decay=config.weight_decay)
+    elif config.name == "sgd":
+        opt = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                          optax.sgd(lr, momentum=config.momentum or None))
+    else:
+        raise ValueError(f"Unknown optimizer {config.name!r}; choose 'adamw' or 'sgd'.")
+    tx = optax.chain(transforms.clip_by_tensor_norm(config.clip_norm), opt) if config.clip_norm else opt
+    if learn_feedback:
+        return tx
+    return optax.partition({"learn": tx, "freeze": optax.set_to_zero()},
+                           {"params": "learn", "feedback": "freeze"})
+
+
+def train_step(
+    state: TrainState, images: jax.Array, labels: jax.Array, *,
+    model, rule: rules.UpdateRule, tx: optax.GradientTransformation,
+    key: jax.Array, noise_std: float, num_classes: int, sharding=None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update: input noise, the rule's deltas, the optax chain. Pure; jit it."""
+    if sharding is not None:
+        images = jax.lax.with_sharding_constraint(images, sharding)
+        labels = jax.lax.with_sharding_constraint(labels, sharding)
+    if noise_std:
+        noise_key = jax.random.fold_in(key, state.step)
+        images = images + noise_std * jax.random.normal(noise_key, images.shape, images.dtype)
+    onehot = jax.nn.one_hot(labels, num_classes)
+    deltas, aux = rule.deltas(state.params, state.feedback, images, onehot, model=model)
+    trainables = {"params": state.params, "feedback": state.feedback}
+    updates, opt_state = tx.update(deltas, state.opt_state, trainables)
+    trainables = optax.apply_updates(trainables, updates)
+    metrics = {
+        "loss": rules.cross_entropy(aux["logits"], onehot),
+        "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == labels),
+    }
+    new_state = state.replace(step=state.step + 1, opt_state=opt_state, **trainables)
+    return new_state, metrics
+
+
+def train_steps(state: TrainState, images: jax.Array, labels: jax.Array, batches: jax.Array,
+                **step_kwargs) -> tuple[TrainState, dict[str, jax.Array]]:
+    """`train_step` over batches[k] (row indices into images/labels) for k = 0..K-1.
+
+    One jitted call runs K steps with `lax.scan`, so Python dispatch is paid once per call.
+    Returns the final state and per-step metrics stacked along axis 0.
+    """
+
+    def body(s, idx):
+        return train_step(s, images[idx], labels[idx], **step_kwargs)
+
+    return jax.lax.scan(body, state, batches)
+
+
+def eval_step(params, images, labels, *, model) -> dict[str, jax.Array]:
+    """Summed loss and correct count on one batch."""
+    logits = model.apply({"params": params}, images)["logits"]
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    return {
+        "loss_sum": jnp.sum(optax.softmax_cross_entropy(logits, onehot)),
+        "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+    }
+
+
+def evaluate(eval_fn, params, split: input_pipeline.Split, batch_size: int) -> dict[str, float]:
+    """Accuracy and mean loss over a whole split."""
+    totals = {"loss_sum": 0.0, "correct": 0}
+    for start in range(0, len(split.labels), batch_size):
+        out = eval_fn(params, split.images[start:start + batch_size],
+                      split.labels[start:start + batch_size])
+        totals = {k: totals[k] + v for k, v in jax.device_get(out).items()}
+    n = len(split.labels)
+    return {"accuracy": float(totals["correct"]) / n, "loss": float(totals["loss_sum"]) / n}
+
+
+def load_data(config: ml_collections.ConfigDict) -> input_pipeline.Dataset:
+    """The dataset named by config.dataset, with config.data's sources."""
+    if config.dataset == "synthetic":
+        return input_pipeline.synthetic_dataset(seed=config.seed)
+    return input_pipeline.load_dataset(
+        config.dataset, data_dir=config.data.dir, source=config.data.source,
+        download=config.data.download, tfds_data_dir=config.data.tfds_data_dir or None,
+        val_size=config.data.val_size,
+    )
+
+
+def create_train_state(key, model, rule, tx, input_shape) -> TrainState:
+    """Fresh parameters, error synapses and optimizer state."""
+    params = model.init(jax.random.fold_in(key, 0), jnp.zeros(input_shape))["params"]
+    feedback = rule.init(jax.random.fold_in(key, 1), params)
+    opt_state = tx.init({"params": params, "feedback": feedback})
+    return TrainState(jnp.asarray(0, jnp.int32), params, feedback, opt_state)
+
+
+def data_mesh_sharding(batch_size: int) -> NamedSharding | None:
+    """Batch sharding over all devices on a 'data' axis, or None with one device."""
+    n = jax.device_count()
+    if n == 1 or batch_size % n:
+        return None
+    mesh = jax.make_mesh((n,), ("data",), (jax.sharding.AxisType.Auto,))
+    return NamedSharding(mesh, P("data"))
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains config.rule on config.dataset, resuming from `workdir`; returns results.json."""
+    os.makedirs(workdir, exist_ok=True)
+    data = load_data(config)
+    num_classes = int(max(data.train.labels.max(), data.test.labels.max())) + 1
+    model = make_model(config.model, num_classes)
+    rule = make_rule(config.rule, config.lra)
+    steps_per_epoch = len(data.train.labels) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.train.labels)} "
+                         f"training examples.")
+    total_steps = steps_per_epoch * config.num_epochs
+    tx = make_optimizer(config.optim, total_steps=total_steps,
+                        learn_feedback=rules.feedback_is_learned(config.rule, config.lra.feedback_rule))
+    key = jax.random.key(config.seed)
+    state = create_train_state(key, model, rule, tx, (1, *data.train.images.shape[1:]))
+    mngr = checkpoints.manager(workdir)
+    meta = {"best_val_accuracy": 0.0, "train_seconds": 0.0}
+    restored = checkpoints.restore_latest(mngr, state)
+    if restored is not None:
+        state, meta = restored
+    start_step = int(state.step)
+
+    step_fn = jax.jit(functools.partial(
+        train_steps, model=model, rule=rule, tx=tx, key=jax.random.fold_in(key, 2),
+        noise_std=config.input_noise, num_classes=num_classes,
+        sharding=data_mesh_sharding(config.batch_size)), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    cosine_fn = _cosine_fn(model, rule) if config.diagnostics.cosine else None
+    train_x, train_y = jnp.asarray(data.train.images), jnp.asarray(data.train.labels)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    logging.info("Training %s on %s (%s): %d epochs x %d steps, resuming at step %d.",
+                 config.rule, config.dataset, data.source, config.num_epochs, steps_per_epoch,
+                 start_step)
+    step = start_step
+    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+        order = input_pipeline.epoch_permutation(config.seed, epoch, len(train_y))
+        batches = order[:steps_per_epoch * config.batch_size].reshape(steps_per_epoch, -1)
+        epoch_metrics, t0 = [], time.perf_counter()
+        while step < (epoch + 1) * steps_per_epoch:
+            first = step - epoch * steps_per_epoch
+            # Stop each call at the epoch end and at the next checkpoint step.
+            count = min(config.steps_per_call, steps_per_epoch - first,
+                        config.checkpoint_every_steps - step % config.checkpoint_every_steps)
+            state, m = step_fn(state, train_x, train_y, batches[first:first + count])
+            epoch_metrics.append(m)
+            step += count
+            if step % config.checkpoint_every_steps == 0 and step < total_steps:
+                jax.block_until_ready(state)
+                meta["train_seconds"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                checkpoints.save(mngr, step, state, meta)
+        jax.block_until_ready(state)
+        meta["train_seconds"] += time.perf_counter() - t0
+        record = _epoch_record(epoch, step, epoch_metrics, meta, eval_fn, state, data, config)
+        if cosine_fn is not None:
+            batch = slice(0, config.batch_size)
+            cos = cosine_fn(state.params, state.feedback, train_x[batch], train_y[batch])
+            record.update({f"cosine/{k}": float(v) for k, v in cos.items()})
+        meta["best_val_accuracy"] = max(meta["best_val_accuracy"], record["val_accuracy"])
+        _append_jsonl(metrics_path, record)
+        logging.info("epoch %d/%d step %d: %s", epoch + 1, config.num_epochs, step,
+                     ", ".join(f"{k}={v:.4g}" for k, v in record.items()
+                               if k not in ("epoch", "step")))
+    if step > start_step or mngr.latest_step() != step:
+        checkpoints.save(mngr, step, state, meta)
+    test = evaluate(eval_fn, state.params, data.test, config.eval_batch_size)
+    results = {
+        "rule": config.rule, "dataset": config.dataset, "model": _model_name(config, data),
+        "epochs": config.num_epochs, "steps": step, "seed": config.seed,
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "best_val_accuracy": meta["best_val_accuracy"], "train_seconds": meta["train_seconds"],
+        "data_source": data.source,
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    logging.info("Done: %s", results)
+    return results
+
+
+def _epoch_record(epoch, step, epoch_metrics, meta, eval_fn, state, data, config) -> dict:
+    train = {k: float(np.mean(np.concatenate(v))) for k, v in jax.device_get(
+        jax.tree.map(lambda *xs: list(xs), *epoch_metrics)).items()} if epoch_metrics else {}
+    val = evaluate(eval_fn, state.params, data.val, config.eval_batch_size)
+    return {"epoch": epoch + 1, "step": step, "train_loss": train.get("loss", float("nan")),
+            "train_accuracy": train.get("accuracy", float("nan")),
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+            "train_seconds": meta["train_seconds"]}
+
+
+def _cosine_fn(model, rule):
+    """Jitted per-layer cosine between the rule's kernel deltas and the backprop gradient."""
+    bp = rules.backprop()
+
+    @jax.jit
+    def fn(params, feedback, images, labels):
+        onehot = jax.nn.one_hot(labels, model.features[-1])
+        deltas, _ = rule.deltas(params, feedback, images, onehot, model=model)
+        grads, _ = bp.deltas(params, {}, images, onehot, model=model)
+        return diagnostics.layer_cosines(deltas["params"], grads["params"])
+
+    return fn
+
+
+def _model_name(config, data) -> str:
+    widths = (int(np.prod(data.train.images.shape[1:])), *config.model.hidden)
+    name = "mlp-" + "-".join(str(w) for w in widths) + f"-{int(data.train.labels.max()) + 1}"
+    return name + (f"-res{config.model.residual_gap}" if config.model.residual_gap else "")
