@@ -105,8 +105,10 @@ def load_tfds(name: str, *, data_dir: str | None, download: bool) -> dict:
 
     out = {}
     for split in ("train", "test"):
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-        examples = source.__getitems__(list(range(len(source))))
+        # Random access needs array_record files (tfds prepares tfrecord by default).
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=download,
+                                  builder_kwargs={"file_format": "array_record"})
+        examples = [source[i] for i in range(len(source))]
         images = np.stack([np.asarray(ex["image"]) for ex in examples])
         labels = np.asarray([ex["label"] for ex in examples])
         out[split] = (images.reshape(images.shape[:3]), labels)

@@ -172,7 +172,10 @@ def create_train_state(key, model, rule, tx, input_shape) -> TrainState:
 
 
 def data_mesh_sharding(batch_size: int) -> NamedSharding | None:
-    """Batch sharding over all devices on a 'data' axis, or None with one device."""
+    """Batch sharding over all devices on a 'data' axis, or None with one device.
+
+    State and datasets are replicated over the same mesh (PartitionSpec()).
+    """
     n = jax.device_count()
     if n == 1 or batch_size % n:
         return None
@@ -201,6 +204,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         learn_feedback=rules.feedback_is_learned(config.rule, config.lra.feedback_rule))
     key = jax.random.key(config.seed)
     state = create_train_state(key, model, rule, tx, (1, *data.train.images.shape[1:]))
+    sharding = data_mesh_sharding(config.batch_size)
+    replicated = NamedSharding(sharding.mesh, P()) if sharding is not None else jax.devices()[0]
+    state = jax.device_put(state, replicated)  # restore places arrays like this template
     mngr = checkpoints.manager(workdir)
     meta = {"best_val_accuracy": 0.0, "train_seconds": 0.0}
     restored = checkpoints.restore_latest(mngr, state)
@@ -210,11 +216,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     step_fn = jax.jit(functools.partial(
         train_steps, model=model, rule=rule, tx=tx, key=jax.random.fold_in(key, 2),
-        noise_std=config.input_noise, num_classes=num_classes,
-        sharding=data_mesh_sharding(config.batch_size)), donate_argnums=0)
+        noise_std=config.input_noise, num_classes=num_classes, sharding=sharding),
+        donate_argnums=0)
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
     cosine_fn = _cosine_fn(model, rule) if config.diagnostics.cosine else None
-    train_x, train_y = jnp.asarray(data.train.images), jnp.asarray(data.train.labels)
+    train_x, train_y = jax.device_put((data.train.images, data.train.labels), replicated)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     logging.info("Training %s on %s (%s): %d epochs x %d steps, resuming at step %d.",
                  config.rule, config.dataset, data.source, config.num_epochs, steps_per_epoch,
@@ -257,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "epochs": config.num_epochs, "steps": step, "seed": config.seed,
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "best_val_accuracy": meta["best_val_accuracy"], "train_seconds": meta["train_seconds"],
-        "data_source": data.source,
+        "data_source": data.source, "resumed_from_step": start_step,
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -24,7 +24,7 @@ def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
     Returns:
       A stateless `optax.GradientTransformation`.
     """
-    if max_norm <= 0:
+    if isinstance(max_norm, int | float) and max_norm <= 0:  # may be traced (inject_hyperparams)
         raise ValueError(f"max_norm must be positive, got {max_norm}.")
 
     def init_fn(params):

@@ -1,0 +1,27 @@
+"""Small shared fixtures: a tiny MLP with a batch, built deterministically."""
+
+import jax
+import jax.numpy as jnp
+
+from rec_lra_jax import models
+
+
+def tiny_mlp(features=(7, 6, 5, 4), *, input_dim=9, batch=6, seed=0, residual_gap=0,
+             activation="tanh", init_scheme="lecun", dtype=jnp.float32):
+    """Returns (model, params, x, one-hot labels) for a small MLP."""
+    model = models.MLP(features=features, activation=activation, residual_gap=residual_gap,
+                       init_scheme=init_scheme)
+    key_x, key_y, key_p = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(key_x, (batch, input_dim), dtype)
+    labels = jax.nn.one_hot(jax.random.randint(key_y, (batch,), 0, features[-1]), features[-1],
+                            dtype=dtype)
+    params = model.init(key_p, x)["params"]
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    return model, params, x, labels
+
+
+def tied_feedback(params, sources):
+    """Error synapses E_{src->l} = W_{l+1}^T; valid (weight transport!) for adjacent sources."""
+    names = sorted(params)
+    return {names[l - 1]: params[names[src - 1]]["kernel"].T
+            for l, src in enumerate(sources, start=1)}
