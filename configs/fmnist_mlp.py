@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint_every_steps = 10
         config.steps_per_call = 4
     elif arg == "demo":
-        config.num_epochs = 10
+        config.num_epochs = 20
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r}; use 'smoke' or 'demo'.")
     config.lock()

@@ -64,7 +64,8 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def _find(directory: str, stem: str) -> str | None:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    dotted = stem.replace("-idx", ".idx")  # some mirrors name them train-images.idx3-ubyte
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
             return path
@@ -185,10 +186,12 @@ def _no_source_message(name: str, download: bool) -> str:
         f"({', '.join(s for st in IDX_STEMS.values() for s in st)}, raw or .gz)",
     ]
     if apt:
-        options.append(f"on Debian/Ubuntu: apt-get install {apt} (files land in {SYSTEM_DIRS[name][0]})")
+        options.append(
+            f"on Debian/Ubuntu: apt-get install {apt} (files land in {SYSTEM_DIRS[name][0]})")
     options.append(
         "install TensorFlow (pip install -e '.[tfds]') and let tfds "
-        + ("download it (needs network)" if download else "download it: --config.data.download=True")
+        + ("download it (needs network)" if download
+           else "download it: --config.data.download=True")
     )
     return f"No copy of {name!r} found. Options:\n  - " + "\n  - ".join(options) + "\n"
 

@@ -76,7 +76,8 @@ def make_optimizer(
         "cosine": lambda: optax.cosine_decay_schedule(config.lr, total_steps, config.final_lr_frac),
     }
     if config.schedule not in schedules:
-        raise ValueError(f"Unknown schedule {config.schedule!r}; choose one of {sorted(schedules)}.")
+        raise ValueError(
+            f"Unknown schedule {config.schedule!r}; choose one of {sorted(schedules)}.")
     lr = schedules[config.schedule]()
     if config.name == "adamw":
         opt = optax.adamw(lr, weight_decay=config.weight_decay)
@@ -85,7 +86,9 @@ def make_optimizer(
                           optax.sgd(lr, momentum=config.momentum or None))
     else:
         raise ValueError(f"Unknown optimizer {config.name!r}; choose 'adamw' or 'sgd'.")
-    tx = optax.chain(transforms.clip_by_tensor_norm(config.clip_norm), opt) if config.clip_norm else opt
+    tx = opt
+    if config.clip_norm:
+        tx = optax.chain(transforms.clip_by_tensor_norm(config.clip_norm), opt)
     if learn_feedback:
         return tx
     return optax.partition({"learn": tx, "freeze": optax.set_to_zero()},
@@ -200,8 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.train.labels)} "
                          f"training examples.")
     total_steps = steps_per_epoch * config.num_epochs
-    tx = make_optimizer(config.optim, total_steps=total_steps,
-                        learn_feedback=rules.feedback_is_learned(config.rule, config.lra.feedback_rule))
+    learn_feedback = rules.feedback_is_learned(config.rule, config.lra.feedback_rule)
+    tx = make_optimizer(config.optim, total_steps=total_steps, learn_feedback=learn_feedback)
     key = jax.random.key(config.seed)
     state = create_train_state(key, model, rule, tx, (1, *data.train.images.shape[1:]))
     sharding = data_mesh_sharding(config.batch_size)

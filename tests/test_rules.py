@@ -45,7 +45,8 @@ def test_dx_delta_is_autodiff_of_squared_target_loss():
         ybar = acts["post"][l] - aux["errors"][l]  # L2 units: e = z - ybar
 
         def local_loss(p, z_in=z_in, ybar=ybar):
-            return 0.5 * jnp.sum((jnp.tanh(z_in @ p["kernel"] + p["bias"]) - ybar) ** 2) / x.shape[0]
+            z = jnp.tanh(z_in @ p["kernel"] + p["bias"])
+            return 0.5 * jnp.sum((z - ybar) ** 2) / x.shape[0]
 
         want = jax.grad(local_loss)(params[name])
         np.testing.assert_allclose(deltas["params"][name]["kernel"], want["kernel"],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rec_lra_jax import diagnostics, rules, targets
-from tests.helpers import tiny_mlp, tied_feedback
+from tests.helpers import tied_feedback, tiny_mlp
 
 
 def test_recursive_sources_depth2():
