@@ -84,6 +84,12 @@ class MLP(nn.Module):
             raise ValueError(f"MLP expects a batch of inputs, got shape {x.shape}.")
         phi = get_activation(self.activation)
         z = x.reshape(x.shape[0], -1)
+        if not self.is_initializing() and "params" in self.variables:
+            expected = self.variables["params"][layer_name(0)]["kernel"].shape[0]
+            if z.shape[-1] != expected:
+                raise ValueError(
+                    f"MLP input has shape {x.shape} ({z.shape[-1]} features per example) but "
+                    f"the parameters expect {expected} features per example.")
         widths = (z.shape[-1], *self.features)
         zs, hs = [z], []
         for l, width in enumerate(self.features, start=1):

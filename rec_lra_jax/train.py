@@ -158,6 +158,9 @@ def evaluate(eval_fn, params, split: input_pipeline.Split, batch_size: int) -> d
 def load_data(config: ml_collections.ConfigDict) -> input_pipeline.Dataset:
     """The dataset named by config.dataset, with config.data's sources."""
     if config.dataset == "synthetic":
+        if config.data.dir:
+            raise ValueError(f"data.dir={config.data.dir!r} is set but dataset is 'synthetic' "
+                             f"(a :smoke config?); set --config.dataset too.")
         return input_pipeline.synthetic_dataset(seed=config.seed)
     return input_pipeline.load_dataset(
         config.dataset, data_dir=config.data.dir, source=config.data.source,
@@ -228,26 +231,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("Training %s on %s (%s): %d epochs x %d steps, resuming at step %d.",
                  config.rule, config.dataset, data.source, config.num_epochs, steps_per_epoch,
                  start_step)
+    if restored is not None:
+        _truncate_jsonl(metrics_path, start_step)  # epochs after the checkpoint re-run
     step = start_step
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
         order = input_pipeline.epoch_permutation(config.seed, epoch, len(train_y))
         batches = order[:steps_per_epoch * config.batch_size].reshape(steps_per_epoch, -1)
-        epoch_metrics, t0 = [], time.perf_counter()
-        while step < (epoch + 1) * steps_per_epoch:
-            first = step - epoch * steps_per_epoch
-            # Stop each call at the epoch end and at the next checkpoint step.
-            count = min(config.steps_per_call, steps_per_epoch - first,
-                        config.checkpoint_every_steps - step % config.checkpoint_every_steps)
-            state, m = step_fn(state, train_x, train_y, batches[first:first + count])
-            epoch_metrics.append(m)
-            step += count
-            if step % config.checkpoint_every_steps == 0 and step < total_steps:
-                jax.block_until_ready(state)
-                meta["train_seconds"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                checkpoints.save(mngr, step, state, meta)
-        jax.block_until_ready(state)
-        meta["train_seconds"] += time.perf_counter() - t0
+        state, step, epoch_metrics = _train_epoch(
+            step_fn, state, step, batches, train_x, train_y, epoch * steps_per_epoch,
+            total_steps, config, mngr, meta)
         record = _epoch_record(epoch, step, epoch_metrics, meta, eval_fn, state, data, config)
         if cosine_fn is not None:
             batch = slice(0, config.batch_size)
@@ -272,6 +264,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         json.dump(results, f, indent=2)
     logging.info("Done: %s", results)
     return results
+
+
+def _train_epoch(step_fn, state, step, batches, train_x, train_y, epoch_start, total_steps,
+                 config, mngr, meta):
+    """Runs the rest of one epoch in fused calls, checkpointing every N steps.
+
+    Returns the state, the global step and the per-call metrics. Adds the wall time spent
+    in train steps (not in checkpointing) to meta["train_seconds"].
+    """
+    every = config.checkpoint_every_steps
+    epoch_metrics, t0 = [], time.perf_counter()
+    while step < epoch_start + len(batches):
+        first = step - epoch_start
+        # Each call stops at the epoch end and at the next checkpoint step.
+        count = min(config.steps_per_call, len(batches) - first, every - step % every)
+        state, m = step_fn(state, train_x, train_y, batches[first:first + count])
+        epoch_metrics.append(m)
+        step += count
+        if step % every == 0 and step < total_steps:
+            jax.block_until_ready(state)
+            meta["train_seconds"] += time.perf_counter() - t0
+            checkpoints.save(mngr, step, state, meta)
+            t0 = time.perf_counter()
+    jax.block_until_ready(state)
+    meta["train_seconds"] += time.perf_counter() - t0
+    return state, step, epoch_metrics
+
+
+def _truncate_jsonl(path: str, max_step: int) -> None:
+    """Keeps the records of `path` with step <= max_step."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        records = [line for line in f if line.strip() and json.loads(line)["step"] <= max_step]
+    with open(path, "w") as f:
+        f.writelines(records)
 
 
 def _epoch_record(epoch, step, epoch_metrics, meta, eval_fn, state, data, config) -> dict:

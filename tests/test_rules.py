@@ -122,7 +122,7 @@ def test_bad_inputs_get_clear_errors():
     feedback = rule.init(jax.random.key(0), params)
     with pytest.raises(ValueError, match="one-hot"):
         rule.deltas(params, feedback, x, jnp.argmax(y, -1), model=model)
-    with pytest.raises(Exception, match="shape"):
+    with pytest.raises(ValueError, match="parameters expect 9 features"):
         rule.deltas(params, feedback, x[:, :5], y, model=model)
     with pytest.raises(ValueError, match="feedback rule|choose one of"):
         rules.rec_lra(feedback_rule="hebbian")

@@ -74,9 +74,9 @@ def test_sharded_train_step_equals_unsharded():
     assert train.data_mesh_sharding(32) is not None and train.data_mesh_sharding(30) is None
 
 
-def _run_entry_point(workdir, *extra, wait=True):
-    cmd = [sys.executable, "-m", "experiments.fashion_mnist",
-           "--config=configs/fmnist_mlp.py:smoke", f"--workdir={workdir}", *extra]
+def _run_entry_point(workdir, *extra, wait=True, config="configs/fmnist_mlp.py:smoke"):
+    cmd = [sys.executable, "-m", "experiments.fashion_mnist", f"--config={config}",
+           f"--workdir={workdir}", *extra]
     if wait:
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -104,6 +104,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     ref = json.load(open(tmp_path / "ref/results.json"))
     got = json.load(open(tmp_path / "killed/results.json"))
     assert got["resumed_from_step"] > 0
+    epochs = [json.loads(x)["epoch"] for x in open(tmp_path / "killed/metrics.jsonl")]
+    assert epochs == list(range(1, 13))  # no epoch logged twice across the kill
     for key in ("test_accuracy", "test_loss", "best_val_accuracy", "steps"):
         assert got[key] == pytest.approx(ref[key], rel=1e-5), key
 
@@ -144,5 +146,8 @@ def test_bad_config_values_and_keys(tmp_path):
                              learn_feedback=True)
     proc = _run_entry_point(tmp_path, "--config.optim.lrr=0.1")
     assert proc.returncode != 0 and "lrr" in proc.stderr
-    proc = _run_entry_point(tmp_path, "--config.data.dir=/nonexistent/fmnist")
+    proc = _run_entry_point(tmp_path, "--config.data.dir=/nonexistent/fmnist",
+                            config="configs/fmnist_mlp.py")
     assert proc.returncode != 0 and "does not exist" in proc.stderr
+    proc = _run_entry_point(tmp_path, "--config.data.dir=/some/dir")
+    assert proc.returncode != 0 and "dataset is 'synthetic'" in proc.stderr
