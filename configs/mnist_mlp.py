@@ -6,7 +6,9 @@ download it with TensorFlow installed):
   python -m experiments.mnist --config=configs/mnist_mlp.py --workdir=/tmp/mnist \
       --config.rule=rec_lra --config.data.dir=/path/to/mnist
 
-Figures: see README.md "Results". Arguments: `smoke`, `demo` as in fmnist_mlp.py.
+Measured (2-core CPU, seed 0, 100 epochs; README.md "Results"): test accuracy rec-LRA
+98.36 %, backprop 98.55 %, LRA-E 98.24 %, FA 97.96 %, DFA 98.25 %; about 5 minutes per rule
+on an idle machine. Arguments: `smoke`, `demo` as in fmnist_mlp.py.
 """
 
 from configs import fmnist_mlp
