@@ -51,14 +51,15 @@ def init_feedback(
     Schemes (SPEC "Initialisation"): "lra_e" and "unit": N(0, 1); "he": N(0, 2 / d_src);
     "lecun": N(0, 1 / d_src).
     """
-    scales = {"lra_e": 1.0, "unit": 1.0, "he": 2.0, "lecun": 1.0}
-    if scheme not in scales:
+    variance = {"lra_e": lambda fan_in: 1.0, "unit": lambda fan_in: 1.0,
+                "he": lambda fan_in: 2.0 / fan_in, "lecun": lambda fan_in: 1.0 / fan_in}
+    if scheme not in variance:
         raise ValueError(f"Unknown feedback init {scheme!r}; choose one of {FEEDBACK_INITS}.")
     widths = layer_widths(params)
     feedback = {}
     for l, src in enumerate(sources, start=1):
         shape = (widths[src - 1], widths[l - 1])
-        std = 1.0 if scheme in ("lra_e", "unit") else (scales[scheme] / shape[0]) ** 0.5
+        std = variance[scheme](shape[0]) ** 0.5
         feedback[layer_name(l - 1)] = std * jax.random.normal(jax.random.fold_in(key, l), shape)
     return feedback
 

@@ -254,7 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpoints.save(mngr, step, state, meta)
     test = evaluate(eval_fn, state.params, data.test, config.eval_batch_size)
     results = {
-        "rule": config.rule, "dataset": config.dataset, "model": _model_name(config, data),
+        "rule": config.rule, "dataset": config.dataset,
+        "model": _model_name(config, data, num_classes),
         "epochs": config.num_epochs, "steps": step, "seed": config.seed,
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "best_val_accuracy": meta["best_val_accuracy"], "train_seconds": meta["train_seconds"],
@@ -326,7 +327,7 @@ def _cosine_fn(model, rule):
     return fn
 
 
-def _model_name(config, data) -> str:
-    widths = (int(np.prod(data.train.images.shape[1:])), *config.model.hidden)
-    name = "mlp-" + "-".join(str(w) for w in widths) + f"-{int(data.train.labels.max()) + 1}"
+def _model_name(config, data, num_classes) -> str:
+    widths = (int(np.prod(data.train.images.shape[1:])), *config.model.hidden, num_classes)
+    name = "mlp-" + "-".join(str(w) for w in widths)
     return name + (f"-res{config.model.residual_gap}" if config.model.residual_gap else "")

@@ -91,7 +91,7 @@ def test_rec_lra_with_large_modules_equals_lra_e():
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), rec, lra)
 
 
-def test_rec_lra_differs_from_lra_e_with_skips():
+def test_rec_lra_feedback_shapes_follow_the_skip_wiring():
     model, params, x, y = tiny_mlp(features=(6, 6, 6, 6, 4))
     rule = rules.rec_lra(module_size=2)
     feedback = rule.init(jax.random.key(1), params)
