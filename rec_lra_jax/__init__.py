@@ -1,6 +1,7 @@
 """rec_lra_jax: backpropagation-free training with recursive local representation alignment."""
 
 from rec_lra_jax.models import MLP
+from rec_lra_jax.resnet import ResNet, resnet
 from rec_lra_jax.rules import (
     UpdateRule,
     backprop,
@@ -14,8 +15,8 @@ from rec_lra_jax.train import TrainState, train_and_evaluate, train_step
 from rec_lra_jax.transforms import clip_by_tensor_norm
 
 __all__ = [
-    "MLP", "TrainState", "UpdateRule", "backprop", "clip_by_tensor_norm", "compute_errors",
-    "direct_feedback_alignment", "feedback_alignment", "lra_e", "rec_lra", "recursive_sources",
-    "train_and_evaluate", "train_step",
+    "MLP", "ResNet", "TrainState", "UpdateRule", "backprop", "clip_by_tensor_norm",
+    "compute_errors", "direct_feedback_alignment", "feedback_alignment", "lra_e", "rec_lra",
+    "recursive_sources", "resnet", "train_and_evaluate", "train_step",
 ]
 __version__ = "0.1.0"

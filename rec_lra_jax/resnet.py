@@ -1,0 +1,193 @@
+"""ResNets (BasicBlock / Bottleneck) whose forward exposes every conv layer's local signals.
+
+One forward serves training and inference (`train` selects batch or running BatchNorm
+statistics). Besides the logits it returns, per weight layer, what a local rule needs
+(SPEC "ResNets"): the conv input, the conv output, the BatchNorm-normalised x_hat and
+1/sigma, the BatchNorm output, and per block the shortcut term, the block pre-activation
+h_b and the block output u_b = relu(h_b).
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rec_lra_jax.models import kernel_initializer
+
+STAGES = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+}
+
+
+def block_name(index: int) -> str:
+    """Name of residual block `index` (0-based); names sort in depth order."""
+    return f"block_{index:02d}"
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over (N, H, W) that also returns x_hat and 1/sigma for local updates.
+
+    Training uses batch statistics and updates the running averages in "batch_stats";
+    eval uses the running averages. With `affine=False` there is no scale or bias.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    affine: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        channels = x.shape[-1]
+        mean_var = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+        var_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+        if train:
+            mean = jnp.mean(x, axis=(0, 1, 2))
+            var = jnp.var(x, axis=(0, 1, 2))
+            if not self.is_initializing():
+                mean_var.value = self.momentum * mean_var.value + (1 - self.momentum) * mean
+                var_var.value = self.momentum * var_var.value + (1 - self.momentum) * var
+        else:
+            mean, var = mean_var.value, var_var.value
+        inv_std = jax.lax.rsqrt(var + self.epsilon)
+        xhat = (x - mean) * inv_std
+        out = xhat
+        if self.affine:
+            out = xhat * self.param("scale", nn.initializers.ones, (channels,))
+            out = out + self.param("bias", nn.initializers.zeros, (channels,))
+        return {"xhat": xhat, "inv_std": inv_std, "bn": out}
+
+
+class ConvBN(nn.Module):
+    """conv (no bias) then optional BatchNorm; returns the layer's local signals."""
+
+    features: int
+    kernel: int
+    strides: int = 1
+    use_bn: bool = True
+    bn_affine: bool = True
+    init_scheme: str = "he"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        pad = (self.kernel - 1) // 2
+        conv = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
+                       padding=((pad, pad), (pad, pad)), use_bias=False, name="conv",
+                       kernel_init=kernel_initializer(self.init_scheme))(x)
+        signals = {"input": x, "conv": conv}
+        if self.use_bn:
+            signals.update(BatchNorm(affine=self.bn_affine, name="bn")(conv, train=train))
+        else:
+            signals["bn"] = conv
+        return signals
+
+
+class ResNet(nn.Module):
+    """ResNet-18/34 (BasicBlock) and ResNet-50 (Bottleneck), He et al. 2016.
+
+    Attributes:
+      depth: 18, 34 or 50.
+      num_classes: output width.
+      width: channels of the first stage (64 in the standard nets; smaller fits a CPU).
+      stem: "cifar" (3x3 stride 1, no max-pool) or "imagenet" (7x7 stride 2 + 3x3 max-pool).
+      use_bn, bn_affine: the SPEC's BatchNorm ablations (no BN, no-affine BN).
+      init_scheme: conv / dense init (see `models.kernel_initializer`).
+
+    Returns (from __call__(x, train=...)) a dict:
+      "stem": ConvBN signals, plus "post" (relu) and, for the ImageNet stem, "pooled";
+      "blocks": {block_XX: {"conv1", "conv2"[, "conv3"][, "proj"]: ConvBN signals,
+                 "shortcut", "pre" (h_b), "post" (u_b)}};
+      "head": {"input": globally pooled features}; "logits".
+    """
+
+    depth: int = 18
+    num_classes: int = 1000
+    width: int = 64
+    stem: str = "imagenet"
+    use_bn: bool = True
+    bn_affine: bool = True
+    init_scheme: str = "he"
+
+    def _conv(self, features, kernel, strides=1, name=None):
+        return ConvBN(features, kernel, strides, self.use_bn, self.bn_affine, self.init_scheme,
+                      name=name)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = True) -> dict:
+        if self.depth not in STAGES:
+            raise ValueError(f"Unknown ResNet depth {self.depth}; choose one of {sorted(STAGES)}.")
+        if self.stem not in ("cifar", "imagenet"):
+            raise ValueError(f"Unknown stem {self.stem!r}; choose 'cifar' or 'imagenet'.")
+        if x.ndim != 4:
+            raise ValueError(f"ResNet expects images (batch, height, width, channels), got "
+                             f"shape {x.shape}.")
+        kind, stage_sizes = STAGES[self.depth]
+        if self.stem == "cifar":
+            stem = self._conv(self.width, 3, name="stem")(x, train=train)
+            stem["post"] = u = nn.relu(stem["bn"])
+        else:
+            stem = self._conv(self.width, 7, 2, name="stem")(x, train=train)
+            stem["post"] = nn.relu(stem["bn"])
+            stem["pooled"] = u = nn.max_pool(stem["post"], (3, 3), (2, 2), ((1, 1), (1, 1)))
+        blocks, index = {}, 0
+        for stage, num_blocks in enumerate(stage_sizes):
+            for i in range(num_blocks):
+                strides = 2 if stage > 0 and i == 0 else 1
+                block = self._block(kind, u, self.width * 2**stage, strides, block_name(index),
+                                    train)
+                blocks[block_name(index)] = block
+                u, index = block["post"], index + 1
+        pooled = jnp.mean(u, axis=(1, 2))
+        logits = nn.Dense(self.num_classes, name="head",
+                          kernel_init=kernel_initializer("lecun"))(pooled)
+        return {"stem": stem, "blocks": blocks, "head": {"input": pooled}, "logits": logits}
+
+    def _block(self, kind: str, u, features: int, strides: int, name: str, train: bool) -> dict:
+        """One residual block: h_b = BN(conv_last(...)) + shortcut(u), u_b = relu(h_b)."""
+        out_features = features * (4 if kind == "bottleneck" else 1)
+        if kind == "basic":
+            specs = (("conv1", features, 3, strides), ("conv2", features, 3, 1))
+        else:  # torchvision's v1.5: the stride sits on the 3x3 conv
+            specs = (("conv1", features, 1, 1), ("conv2", features, 3, strides),
+                     ("conv3", out_features, 1, 1))
+        block, z = {}, u
+        for i, (layer, feats, kernel, s) in enumerate(specs):
+            block[layer] = self._conv(feats, kernel, s, name=f"{name}_{layer}")(z, train=train)
+            z = nn.relu(block[layer]["bn"]) if i < len(specs) - 1 else block[layer]["bn"]
+        if strides != 1 or u.shape[-1] != out_features:
+            block["proj"] = self._conv(out_features, 1, strides, name=f"{name}_proj")(
+                u, train=train)
+            block["shortcut"] = block["proj"]["bn"]
+        else:
+            block["shortcut"] = u
+        block["pre"] = z + block["shortcut"]
+        block["post"] = nn.relu(block["pre"])
+        return block
+
+
+def resnet(depth: int, *, num_classes: int, width: int = 64, stem: str = "imagenet",
+           **kwargs) -> ResNet:
+    """ResNet of the given depth; kwargs: use_bn, bn_affine, init_scheme."""
+    return ResNet(depth=depth, num_classes=num_classes, width=width, stem=stem, **kwargs)
+
+
+def param_count(params) -> int:
+    """Number of trainable scalars in a params pytree."""
+    return sum(int(p.size) for p in jax.tree.leaves(params))
+
+
+def conv_layer_names(model: ResNet) -> Sequence[str]:
+    """Parameter names of every conv layer of `model`, in depth order."""
+    kind, stage_sizes = STAGES[model.depth]
+    names = ["stem"]
+    layers = ("conv1", "conv2") if kind == "basic" else ("conv1", "conv2", "conv3")
+    index = 0
+    for stage, num_blocks in enumerate(stage_sizes):
+        for i in range(num_blocks):
+            names += [f"{block_name(index)}_{layer}" for layer in layers]
+            if i == 0 and (stage > 0 or kind == "bottleneck"):
+                names.append(f"{block_name(index)}_proj")
+            index += 1
+    return names
