@@ -1,7 +1,7 @@
 """rec_lra_jax: backpropagation-free training with recursive local representation alignment."""
 
 from rec_lra_jax.models import MLP
-from rec_lra_jax.resnet import ResNet, resnet
+from rec_lra_jax.resnet import ResNet
 from rec_lra_jax.rules import (
     UpdateRule,
     backprop,
@@ -17,6 +17,6 @@ from rec_lra_jax.transforms import clip_by_tensor_norm
 __all__ = [
     "MLP", "ResNet", "TrainState", "UpdateRule", "backprop", "clip_by_tensor_norm",
     "compute_errors", "direct_feedback_alignment", "feedback_alignment", "lra_e", "rec_lra",
-    "recursive_sources", "resnet", "train_and_evaluate", "train_step",
+    "recursive_sources", "train_and_evaluate", "train_step",
 ]
 __version__ = "0.1.0"
