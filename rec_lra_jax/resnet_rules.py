@@ -19,6 +19,7 @@ shrink by about beta per block-to-block hop of the "head" source, to ~1e-11 at t
 blocks, below Adam's epsilon. Larger synapse scales (x10, x30) did not fix learning either.
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -53,8 +54,7 @@ def init_resnet_feedback(key: jax.Array, model: ResNet, params: dict, x: jax.Arr
     """Error synapses for `model` (He-style scale: std = scale * sqrt(2 / fan_in))."""
     if skip_source not in SKIP_SOURCES:
         raise ValueError(f"Unknown skip source {skip_source!r}; choose one of {SKIP_SOURCES}.")
-    acts = jax.eval_shape(lambda: model.apply(
-        {"params": params, **_zero_stats(model, params, x)}, x, train=False))
+    acts, _ = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x, train=False))
     classes = params["head"]["kernel"].shape[-1]
     shapes = {}
     blocks = sorted(acts["blocks"])
@@ -62,7 +62,7 @@ def init_resnet_feedback(key: jax.Array, model: ResNet, params: dict, x: jax.Arr
         block = acts["blocks"][name]
         channels = block["post"].shape[-1]
         if skip_source == "dense":
-            shapes[name] = (classes, int(jnp.prod(jnp.array(block["post"].shape[1:]))))
+            shapes[name] = (classes, math.prod(block["post"].shape[1:]))
         elif skip_source == "channel" or i == len(blocks) - 1:
             shapes[name] = (classes, channels)
         else:  # "head": driven by the next block's output error
@@ -76,18 +76,10 @@ def init_resnet_feedback(key: jax.Array, model: ResNet, params: dict, x: jax.Arr
                       acts["blocks"][blocks[0]]["post"].shape[-1])
     feedback = {}
     for i, (name, shape) in enumerate(sorted(shapes.items())):
-        fan_in = int(jnp.prod(jnp.array(shape[:-1]))) if len(shape) == 4 else shape[0]
+        fan_in = math.prod(shape[:-1]) if len(shape) == 4 else shape[0]
         std = scale * (2.0 / fan_in) ** 0.5
         feedback[name] = std * jax.random.normal(jax.random.fold_in(key, i), shape)
     return feedback
-
-
-def _zero_stats(model: ResNet, params: dict, x: jax.Array) -> dict:
-    if not model.use_bn:
-        return {}
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    return {"batch_stats": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                        variables["batch_stats"])}
 
 
 def _target_error(z: jax.Array, pre: jax.Array, d: jax.Array, beta: float) -> jax.Array:
@@ -195,6 +187,8 @@ def resnet_rec_lra(*, beta: float = 0.1, gamma: float = 1.0, skip_source: str = 
                    bn_error: str = "output", feedback_scale: float = 1.0) -> UpdateRule:
     """rec-LRA (depth 2) for `resnet.ResNet`; deltas(...) also returns new batch statistics.
 
+    init(key, params, *, model, x) -> feedback (it needs the model and an input to size the
+    synapses, unlike the MLP rules' init(key, params));
     deltas(params, feedback, x, labels, *, model, batch_stats) -> (deltas, aux) with
     aux = {"logits", "batch_stats"}.
     """
