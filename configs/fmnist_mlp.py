@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.download = True  # let tfds download when no local copy exists (needs network)
     config.data.tfds_data_dir = ""
     config.data.val_size = 2000  # the paper's 58k / 2k / 10k split
+    config.data.synthetic_shape = (28, 28, 1)  # image shape when dataset="synthetic"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"
@@ -61,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_batch_size = 1000
     config.num_epochs = 100
     config.input_noise = 0.1  # sigma of additive Gaussian noise on training inputs
+    config.augment = "none"  # none | crop_flip (pad-4 random crop + horizontal flip)
     config.checkpoint_every_steps = 10_000
     config.steps_per_call = 100  # train steps fused into one jitted lax.scan call
 

@@ -16,7 +16,13 @@ def layer_cosines(deltas: dict, grads: dict, leaf: str = "kernel") -> dict[str, 
     A cosine near 1 means the local delta points along the backprop gradient; near -1
     means a flipped sign somewhere (SPEC "Key property").
     """
-    return {name: tensor_cosine(deltas[name][leaf], grads[name][leaf]) for name in sorted(grads)}
+    return {name: tensor_cosine(_leaf(deltas[name], leaf), _leaf(grads[name], leaf))
+            for name in sorted(grads)}
+
+
+def _leaf(layer: dict, leaf: str) -> jax.Array:
+    """layer[leaf], or layer["conv"][leaf] for a ResNet conv(+BN) layer."""
+    return layer[leaf] if leaf in layer else layer["conv"][leaf]
 
 
 def layer_norm_ratios(deltas: dict, grads: dict, leaf: str = "kernel") -> dict[str, jax.Array]:

@@ -1,7 +1,14 @@
-"""MNIST-family datasets from local IDX files or tfds, with the paper's splits."""
+"""In-memory datasets (MNIST, Fashion-MNIST, CIFAR-10) from local files or tfds.
+
+MNIST-family: IDX files (raw or .gz); CIFAR-10: the "python version" batches
+(cifar-10-batches-py, as distributed at https://www.cs.toronto.edu/~kriz/cifar.html).
+Both also load through `tfds.data_source`. Splits follow the paper (58k/2k/10k and
+45k/5k/10k: the last `val_size` training examples are the validation set).
+"""
 
 import gzip
 import os
+import pickle
 import struct
 from typing import NamedTuple
 
@@ -17,7 +24,9 @@ SYSTEM_DIRS = {
     "fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
     "mnist": ("/usr/share/datasets/mnist",),
 }
-DATASETS = tuple(SYSTEM_DIRS)
+CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+               "test_batch")
+DATASETS = (*SYSTEM_DIRS, "cifar10")
 SOURCES = ("auto", "idx", "tfds")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -27,7 +36,7 @@ class DataError(RuntimeError):
 
 
 class Split(NamedTuple):
-    images: np.ndarray  # float32 in [0, 1], shape (N, H, W, 1)
+    images: np.ndarray  # float32 in [0, 1], shape (N, H, W, C)
     labels: np.ndarray  # int32, shape (N,)
 
 
@@ -100,6 +109,36 @@ def load_idx_dir(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def load_cifar_dir(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Loads {"train", "test"} -> (uint8 images (N, 32, 32, 3), labels) from the CIFAR-10
+    python batches in `directory` (or in its cifar-10-batches-py subdirectory)."""
+    if not os.path.isdir(directory):
+        raise DataError(f"Data directory {directory!r} does not exist.")
+    nested = os.path.join(directory, "cifar-10-batches-py")
+    if os.path.isdir(nested):
+        directory = nested
+    missing = [f for f in CIFAR_FILES if not os.path.isfile(os.path.join(directory, f))]
+    if missing:
+        raise DataError(f"{directory!r} lacks the CIFAR-10 python batches {missing} "
+                        f"(extract cifar-10-python.tar.gz there).")
+    batches = {}
+    for name in CIFAR_FILES:
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch[b"labels"], np.int64)
+        except Exception as e:  # truncated pickle, wrong file: all mean "corrupt"
+            raise DataError(f"CIFAR-10 batch {path} is corrupt ({type(e).__name__}: {e}).") from e
+        if len(data) != len(labels):
+            raise DataError(f"CIFAR-10 batch {path} has {len(data)} images, {len(labels)} labels.")
+        batches[name] = (data.transpose(0, 2, 3, 1), labels)
+    train = [batches[f] for f in CIFAR_FILES[:-1]]
+    return {"train": (np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train])),
+            "test": batches["test_batch"]}
+
+
 def load_tfds(name: str, *, data_dir: str | None, download: bool) -> dict:
     """Loads {"train", "test"} through `tfds.data_source` (decoding needs TensorFlow)."""
     import tensorflow_datasets as tfds
@@ -112,12 +151,14 @@ def load_tfds(name: str, *, data_dir: str | None, download: bool) -> dict:
         examples = [source[i] for i in range(len(source))]
         images = np.stack([np.asarray(ex["image"]) for ex in examples])
         labels = np.asarray([ex["label"] for ex in examples])
-        out[split] = (images.reshape(images.shape[:3]), labels)
+        out[split] = (images, labels)
     return out
 
 
 def _to_split(images: np.ndarray, labels: np.ndarray) -> Split:
-    images = images.astype(np.float32)[..., None] / 255.0
+    images = images.astype(np.float32) / 255.0
+    if images.ndim == 3:
+        images = images[..., None]
     return Split(images, labels.astype(np.int32))
 
 
@@ -156,11 +197,12 @@ def load_dataset(
     if source not in SOURCES:
         raise ValueError(f"Unknown data source {source!r}; choose one of {SOURCES}.")
     if data_dir:
-        raw, origin = load_idx_dir(data_dir), f"idx:{data_dir}"
+        loader = load_cifar_dir if name == "cifar10" else load_idx_dir
+        raw, origin = loader(data_dir), f"{'dir' if name == 'cifar10' else 'idx'}:{data_dir}"
     else:
         raw = origin = None
         if source in ("auto", "idx"):
-            for d in SYSTEM_DIRS[name]:
+            for d in SYSTEM_DIRS.get(name, ()):
                 if has_idx_files(d):
                     raw, origin = load_idx_dir(d), f"idx:{d}"
                     break
@@ -181,10 +223,14 @@ def load_dataset(
 
 def _no_source_message(name: str, download: bool) -> str:
     apt = {"fashion_mnist": "dataset-fashion-mnist"}.get(name)
-    options = [
-        f"point --config.data.dir at a directory with the four IDX files "
-        f"({', '.join(s for st in IDX_STEMS.values() for s in st)}, raw or .gz)",
-    ]
+    if name == "cifar10":
+        options = ["point --config.data.dir at the extracted cifar-10-python.tar.gz "
+                   "(the cifar-10-batches-py directory)"]
+    else:
+        options = [
+            f"point --config.data.dir at a directory with the four IDX files "
+            f"({', '.join(s for st in IDX_STEMS.values() for s in st)}, raw or .gz)",
+        ]
     if apt:
         options.append(
             f"on Debian/Ubuntu: apt-get install {apt} (files land in {SYSTEM_DIRS[name][0]})")
@@ -198,15 +244,15 @@ def _no_source_message(name: str, download: bool) -> str:
 
 def synthetic_dataset(
     *, num_train: int = 512, num_val: int = 128, num_test: int = 256, image_size: int = 28,
-    num_classes: int = 10, seed: int = 0,
+    num_classes: int = 10, seed: int = 0, channels: int = 1,
 ) -> Dataset:
     """A learnable stand-in for MNIST (class prototypes plus noise) for smoke runs and tests."""
     rng = np.random.default_rng(seed)
-    prototypes = rng.uniform(0.0, 1.0, (num_classes, image_size, image_size, 1))
+    prototypes = rng.uniform(0.0, 1.0, (num_classes, image_size, image_size, channels))
 
     def make(n):
         labels = rng.integers(0, num_classes, n).astype(np.int32)
-        noise = rng.normal(0.0, 0.3, (n, image_size, image_size, 1))
+        noise = rng.normal(0.0, 0.3, (n, image_size, image_size, channels))
         return Split(np.clip(prototypes[labels] + noise, 0, 1).astype(np.float32), labels)
 
     return Dataset(make(num_train), make(num_val), make(num_test), "synthetic")

@@ -79,7 +79,8 @@ class MLP(nn.Module):
     init_scheme: str = "lra_e"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> dict:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> dict:
+        del train  # no BatchNorm or dropout: one path for training and inference
         if x.ndim < 2:
             raise ValueError(f"MLP expects a batch of inputs, got shape {x.shape}.")
         phi = get_activation(self.activation)

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rec_lra_jax import feedback_ops
 from rec_lra_jax.models import kernel_initializer
 
 STAGES = {
@@ -60,6 +61,64 @@ class BatchNorm(nn.Module):
         return {"xhat": xhat, "inv_std": inv_std, "bn": out}
 
 
+def _feedback_variable(module: nn.Module, init, shape) -> jax.Array:
+    """The layer's fixed FA kernel from the "feedback" collection.
+
+    Created at init. Inference may omit the collection (the forward never reads it); then
+    zeros stand in, so a training call that forgets it sends nothing back instead of
+    silently running backprop.
+    """
+    if module.is_initializing() or module.has_variable("feedback", "kernel"):
+        return module.variable("feedback", "kernel",
+                               lambda: init(module.make_rng("params"), shape)).value
+    return jnp.zeros(shape)
+
+
+class FeedbackConv(nn.Module):
+    """A bias-free conv with nn.Conv's parameter layout whose vjp uses a feedback kernel.
+
+    backward="fa": a fixed random kernel in the "feedback" collection; "sign": sign(W).
+    """
+
+    features: int
+    kernel: int
+    strides: int
+    init_scheme: str
+    backward: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel, self.kernel, x.shape[-1], self.features)
+        kernel = self.param("kernel", kernel_initializer(self.init_scheme), shape)
+        feedback = None
+        if self.backward == "fa":
+            feedback = _feedback_variable(self, kernel_initializer(self.init_scheme), shape)
+        return feedback_ops.feedback_conv(
+            x, kernel, feedback_ops.backward_kernel(kernel, feedback, self.backward),
+            self.strides, (self.kernel - 1) // 2)
+
+
+class Head(nn.Module):
+    """The dense classifier (nn.Dense's parameter layout) with an optional feedback vjp."""
+
+    features: int
+    backward: str = "exact"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (x.shape[-1], self.features)
+        init = kernel_initializer("lecun")
+        kernel = self.param("kernel", init, shape)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.backward == "exact":
+            return x @ kernel + bias
+        feedback = None
+        if self.backward == "fa":
+            feedback = _feedback_variable(self, init, shape)
+        return feedback_ops.feedback_dense(
+            x, kernel, feedback_ops.backward_kernel(kernel, feedback, self.backward)) + bias
+
+
 class ConvBN(nn.Module):
     """conv (no bias) then optional BatchNorm; returns the layer's local signals."""
 
@@ -69,13 +128,19 @@ class ConvBN(nn.Module):
     use_bn: bool = True
     bn_affine: bool = True
     init_scheme: str = "he"
+    backward: str = "exact"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
         pad = (self.kernel - 1) // 2
-        conv = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
-                       padding=((pad, pad), (pad, pad)), use_bias=False, name="conv",
-                       kernel_init=kernel_initializer(self.init_scheme))(x)
+        if self.backward == "exact":
+            conv = nn.Conv(self.features, (self.kernel, self.kernel),
+                           (self.strides, self.strides), padding=((pad, pad), (pad, pad)),
+                           use_bias=False, name="conv",
+                           kernel_init=kernel_initializer(self.init_scheme))(x)
+        else:
+            conv = FeedbackConv(self.features, self.kernel, self.strides, self.init_scheme,
+                                self.backward, name="conv")(x)
         signals = {"input": x, "conv": conv}
         if self.use_bn:
             signals.update(BatchNorm(affine=self.bn_affine, name="bn")(conv, train=train))
@@ -94,6 +159,9 @@ class ResNet(nn.Module):
       stem: "cifar" (3x3 stride 1, no max-pool) or "imagenet" (7x7 stride 2 + 3x3 max-pool).
       use_bn, bn_affine: the SPEC's BatchNorm ablations (no BN, no-affine BN).
       init_scheme: conv / dense init (see `models.kernel_initializer`).
+      backward: what autodiff sends back through each layer: "exact" (backprop), "fa"
+        (fixed random kernels in the "feedback" collection) or "sign" (sign(W), uSF).
+        Only the feedback-alignment baselines change it; the forward is the same.
 
     Returns (from __call__(x, train=...)) a dict:
       "stem": ConvBN signals, plus "post" (relu) and, for the ImageNet stem, "pooled";
@@ -109,15 +177,19 @@ class ResNet(nn.Module):
     use_bn: bool = True
     bn_affine: bool = True
     init_scheme: str = "he"
+    backward: str = "exact"
 
     def _conv(self, features, kernel, strides=1, name=None):
         return ConvBN(features, kernel, strides, self.use_bn, self.bn_affine, self.init_scheme,
-                      name=name)
+                      self.backward, name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = True) -> dict:
         if self.depth not in STAGES:
             raise ValueError(f"Unknown ResNet depth {self.depth}; choose one of {sorted(STAGES)}.")
+        if self.backward not in feedback_ops.BACKWARDS:
+            raise ValueError(f"Unknown backward {self.backward!r}; choose one of "
+                             f"{feedback_ops.BACKWARDS}.")
         if self.stem not in ("cifar", "imagenet"):
             raise ValueError(f"Unknown stem {self.stem!r}; choose 'cifar' or 'imagenet'.")
         if x.ndim != 4:
@@ -140,8 +212,7 @@ class ResNet(nn.Module):
                 blocks[block_name(index)] = block
                 u, index = block["post"], index + 1
         pooled = jnp.mean(u, axis=(1, 2))
-        logits = nn.Dense(self.num_classes, name="head",
-                          kernel_init=kernel_initializer("lecun"))(pooled)
+        logits = Head(self.num_classes, self.backward, name="head")(pooled)
         return {"stem": stem, "blocks": blocks, "head": {"input": pooled}, "logits": logits}
 
     def _block(self, kind: str, u, features: int, strides: int, name: str, train: bool) -> dict:
@@ -169,7 +240,7 @@ class ResNet(nn.Module):
 
 def resnet(depth: int, *, num_classes: int, width: int = 64, stem: str = "imagenet",
            **kwargs) -> ResNet:
-    """ResNet of the given depth; kwargs: use_bn, bn_affine, init_scheme."""
+    """ResNet of the given depth; kwargs: use_bn, bn_affine, init_scheme, backward."""
     return ResNet(depth=depth, num_classes=num_classes, width=width, stem=stem, **kwargs)
 
 

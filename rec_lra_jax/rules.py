@@ -31,7 +31,12 @@ Deltas = dict[str, Any]
 
 
 class UpdateRule(NamedTuple):
-    """A learning rule: `init(key, params) -> feedback`, `deltas(...) -> (deltas, aux)`."""
+    """A learning rule: `init(key, params, *, model, x) -> feedback` and
+    `deltas(params, feedback, x, labels, *, model, batch_stats=None) -> (deltas, aux)`.
+
+    aux has "logits" and, for models with BatchNorm, the new "batch_stats". The MLP rules
+    ignore model/x in init and batch_stats in deltas.
+    """
 
     init: Callable[[jax.Array, Params], Params]
     deltas: Callable[..., tuple[Deltas, dict[str, jax.Array]]]
@@ -144,10 +149,12 @@ def local_rule(
         if value not in allowed:
             raise ValueError(f"Unknown option {value!r}; choose one of {allowed}.")
 
-    def init_fn(key, params):
+    def init_fn(key, params, **unused):
+        del unused  # model, x: the ResNet rules need them to size their synapses
         return init_feedback(key, params, wiring(len(params)), feedback_init)
 
-    def deltas_fn(params, feedback, x, labels, *, model: nn.Module):
+    def deltas_fn(params, feedback, x, labels, *, model: nn.Module, batch_stats=None):
+        del batch_stats  # the MLP has no BatchNorm
         _check_inputs(x, labels)
         phi = get_activation(model.activation)
         acts = model.apply({"params": params}, x)
@@ -209,12 +216,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def backprop() -> UpdateRule:
     """Backpropagation baseline: deltas are jax.grad of the mean cross-entropy."""
 
-    def init_fn(key, params):
-        del key, params
+    def init_fn(key, params, **unused):
+        del key, params, unused
         return {}
 
-    def deltas_fn(params, feedback, x, labels, *, model: nn.Module):
-        del feedback
+    def deltas_fn(params, feedback, x, labels, *, model: nn.Module, batch_stats=None):
+        del feedback, batch_stats
         _check_inputs(x, labels)
 
         def loss_fn(p):
@@ -227,7 +234,7 @@ def backprop() -> UpdateRule:
     return UpdateRule(init_fn, deltas_fn)
 
 
-RULES = ("rec_lra", "lra_e", "bp", "fa", "dfa")
+RULES = ("rec_lra", "lra_e", "bp", "fa", "dfa", "sign_symmetry")
 
 
 def feedback_is_learned(rule: str, feedback_rule: str = "kp") -> bool:

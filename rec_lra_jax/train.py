@@ -20,7 +20,16 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rec_lra_jax import checkpoints, diagnostics, input_pipeline, models, rules, transforms
+from rec_lra_jax import (
+    checkpoints,
+    diagnostics,
+    input_pipeline,
+    models,
+    resnet,
+    resnet_rules,
+    rules,
+    transforms,
+)
 
 
 @flax.struct.dataclass
@@ -31,20 +40,34 @@ class TrainState:
     params: Any
     feedback: Any
     opt_state: Any
+    batch_stats: Any = flax.struct.field(default_factory=dict)  # BatchNorm running averages
 
 
-def make_model(config: ml_collections.ConfigDict, num_classes: int) -> models.MLP:
-    """The model named by config.model."""
-    if config.name != "mlp":
-        raise ValueError(f"Unknown model {config.name!r}; this version supports 'mlp'.")
-    return models.MLP(
-        features=(*config.hidden, num_classes), activation=config.activation,
-        residual_gap=config.residual_gap, init_scheme=config.init,
-    )
+MODELS = ("mlp", "resnet")
+# What autodiff sends back through a ResNet's layers under each rule (resnet.ResNet.backward).
+RESNET_BACKWARD = {"fa": "fa", "sign_symmetry": "sign"}
 
 
-def make_rule(rule: str, config: ml_collections.ConfigDict) -> rules.UpdateRule:
-    """The update rule `rule` with the LRA options in config (config.lra)."""
+def make_model(config: ml_collections.ConfigDict, num_classes: int, rule: str = "rec_lra"):
+    """The model named by config.model ("mlp" or "resnet"), built for `rule`."""
+    if config.name == "mlp":
+        return models.MLP(
+            features=(*config.hidden, num_classes), activation=config.activation,
+            residual_gap=config.residual_gap, init_scheme=config.init,
+        )
+    if config.name == "resnet":
+        return resnet.resnet(
+            config.depth, num_classes=num_classes, width=config.width, stem=config.stem,
+            use_bn=config.use_bn, bn_affine=config.bn_affine, init_scheme=config.init,
+            backward=RESNET_BACKWARD.get(rule, "exact"))
+    raise ValueError(f"Unknown model {config.name!r}; choose one of {MODELS}.")
+
+
+def make_rule(rule: str, config: ml_collections.ConfigDict,
+              model_name: str = "mlp") -> rules.UpdateRule:
+    """The update rule `rule` for a `model_name` model, with the options in config.lra."""
+    if model_name == "resnet":
+        return _make_resnet_rule(rule, config)
     lra = dict(
         beta=config.beta, gamma=config.gamma, error_unit=config.error_unit,
         alpha_skip=config.alpha_skip, alpha_adjacent=config.alpha_adjacent,
@@ -59,7 +82,28 @@ def make_rule(rule: str, config: ml_collections.ConfigDict) -> rules.UpdateRule:
             feedback_init=config.baseline_feedback_init),
     }
     if rule not in factories:
-        raise ValueError(f"Unknown rule {rule!r}; choose one of {sorted(factories)}.")
+        raise ValueError(f"Unknown rule {rule!r} for the MLP; choose one of {sorted(factories)}.")
+    return factories[rule]()
+
+
+def _make_resnet_rule(rule: str, config: ml_collections.ConfigDict) -> rules.UpdateRule:
+    if config.feedback_rule not in ("kp", "fixed"):
+        raise ValueError(f"lra.feedback_rule={config.feedback_rule!r} is MLP-only; ResNets "
+                         f"support 'kp' and 'fixed'.")
+    factories = {
+        "rec_lra": lambda: resnet_rules.resnet_rec_lra(
+            beta=config.beta, gamma=config.gamma if config.feedback_rule == "kp" else 0.0,
+            skip_source=config.skip_source, bn_error=config.bn_error,
+            feedback_scale=config.feedback_scale, head_last=config.head_last,
+            depth=config.depth),
+        "bp": lambda: resnet_rules.resnet_autodiff("exact"),
+        "fa": lambda: resnet_rules.resnet_autodiff("fa"),
+        "sign_symmetry": lambda: resnet_rules.resnet_autodiff("sign"),
+        "dfa": lambda: resnet_rules.resnet_dfa(feedback_scale=config.feedback_scale),
+    }
+    if rule not in factories:
+        raise ValueError(f"Unknown rule {rule!r} for ResNets; choose one of "
+                         f"{sorted(factories)}.")
     return factories[rule]()
 
 
@@ -98,17 +142,22 @@ def make_optimizer(
 def train_step(
     state: TrainState, images: jax.Array, labels: jax.Array, *,
     model, rule: rules.UpdateRule, tx: optax.GradientTransformation,
-    key: jax.Array, noise_std: float, num_classes: int, sharding=None,
+    key: jax.Array, noise_std: float, num_classes: int, sharding=None, augment: str = "none",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update: input noise, the rule's deltas, the optax chain. Pure; jit it."""
+    """One update: augmentation, input noise, the rule's deltas, the optax chain. Pure."""
     if sharding is not None:
         images = jax.lax.with_sharding_constraint(images, sharding)
         labels = jax.lax.with_sharding_constraint(labels, sharding)
+    if augment == "crop_flip":
+        images = crop_flip(jax.random.fold_in(jax.random.fold_in(key, 1), state.step), images)
+    elif augment != "none":
+        raise ValueError(f"Unknown augment {augment!r}; choose 'none' or 'crop_flip'.")
     if noise_std:
         noise_key = jax.random.fold_in(key, state.step)
         images = images + noise_std * jax.random.normal(noise_key, images.shape, images.dtype)
     onehot = jax.nn.one_hot(labels, num_classes)
-    deltas, aux = rule.deltas(state.params, state.feedback, images, onehot, model=model)
+    deltas, aux = rule.deltas(state.params, state.feedback, images, onehot, model=model,
+                              batch_stats=state.batch_stats)
     trainables = {"params": state.params, "feedback": state.feedback}
     updates, opt_state = tx.update(deltas, state.opt_state, trainables)
     trainables = optax.apply_updates(trainables, updates)
@@ -116,8 +165,22 @@ def train_step(
         "loss": rules.cross_entropy(aux["logits"], onehot),
         "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == labels),
     }
-    new_state = state.replace(step=state.step + 1, opt_state=opt_state, **trainables)
+    new_state = state.replace(step=state.step + 1, opt_state=opt_state,
+                              batch_stats=aux.get("batch_stats", state.batch_stats), **trainables)
     return new_state, metrics
+
+
+def crop_flip(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+    """CIFAR augmentation: zero-pad by `pad`, random crop back to size, random h-flip."""
+    batch, height, width, _ = images.shape
+    k_y, k_x, k_f = jax.random.split(key, 3)
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ys = jax.random.randint(k_y, (batch,), 0, 2 * pad + 1)
+    xs = jax.random.randint(k_x, (batch,), 0, 2 * pad + 1)
+    crop = jax.vmap(lambda im, y, x: jax.lax.dynamic_slice(
+        im, (y, x, 0), (height, width, im.shape[-1])))(padded, ys, xs)
+    flip = jax.random.bernoulli(k_f, 0.5, (batch, 1, 1, 1))
+    return jnp.where(flip, crop[:, :, ::-1], crop)
 
 
 def train_steps(state: TrainState, images: jax.Array, labels: jax.Array, batches: jax.Array,
@@ -134,9 +197,14 @@ def train_steps(state: TrainState, images: jax.Array, labels: jax.Array, batches
     return jax.lax.scan(body, state, batches)
 
 
-def eval_step(params, images, labels, *, model) -> dict[str, jax.Array]:
-    """Summed loss and correct count on one batch."""
-    logits = model.apply({"params": params}, images)["logits"]
+def model_variables(params, batch_stats) -> dict:
+    """The flax variables for inference: params plus BatchNorm running averages if any."""
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
+def eval_step(params, batch_stats, images, labels, *, model) -> dict[str, jax.Array]:
+    """Summed loss and correct count on one batch (BatchNorm uses running averages)."""
+    logits = model.apply(model_variables(params, batch_stats), images, train=False)["logits"]
     onehot = jax.nn.one_hot(labels, logits.shape[-1])
     return {
         "loss_sum": jnp.sum(optax.softmax_cross_entropy(logits, onehot)),
@@ -144,11 +212,12 @@ def eval_step(params, images, labels, *, model) -> dict[str, jax.Array]:
     }
 
 
-def evaluate(eval_fn, params, split: input_pipeline.Split, batch_size: int) -> dict[str, float]:
+def evaluate(eval_fn, state: TrainState, split: input_pipeline.Split,
+             batch_size: int) -> dict[str, float]:
     """Accuracy and mean loss over a whole split."""
     totals = {"loss_sum": 0.0, "correct": 0}
     for start in range(0, len(split.labels), batch_size):
-        out = eval_fn(params, split.images[start:start + batch_size],
+        out = eval_fn(state.params, state.batch_stats, split.images[start:start + batch_size],
                       split.labels[start:start + batch_size])
         totals = {k: totals[k] + v for k, v in jax.device_get(out).items()}
     n = len(split.labels)
@@ -161,7 +230,9 @@ def load_data(config: ml_collections.ConfigDict) -> input_pipeline.Dataset:
         if config.data.dir:
             raise ValueError(f"data.dir={config.data.dir!r} is set but dataset is 'synthetic' "
                              f"(a :smoke config?); set --config.dataset too.")
-        return input_pipeline.synthetic_dataset(seed=config.seed)
+        shape = config.data.get("synthetic_shape", (28, 28, 1))
+        return input_pipeline.synthetic_dataset(seed=config.seed, image_size=shape[0],
+                                                channels=shape[-1])
     return input_pipeline.load_dataset(
         config.dataset, data_dir=config.data.dir, source=config.data.source,
         download=config.data.download, tfds_data_dir=config.data.tfds_data_dir or None,
@@ -170,11 +241,14 @@ def load_data(config: ml_collections.ConfigDict) -> input_pipeline.Dataset:
 
 
 def create_train_state(key, model, rule, tx, input_shape) -> TrainState:
-    """Fresh parameters, error synapses and optimizer state."""
-    params = model.init(jax.random.fold_in(key, 0), jnp.zeros(input_shape))["params"]
-    feedback = rule.init(jax.random.fold_in(key, 1), params)
+    """Fresh parameters, BatchNorm statistics, error synapses and optimizer state."""
+    x = jnp.zeros(input_shape)
+    variables = model.init(jax.random.fold_in(key, 0), x, train=False)
+    params = variables["params"]
+    feedback = rule.init(jax.random.fold_in(key, 1), params, model=model, x=x)
     opt_state = tx.init({"params": params, "feedback": feedback})
-    return TrainState(jnp.asarray(0, jnp.int32), params, feedback, opt_state)
+    return TrainState(jnp.asarray(0, jnp.int32), params, feedback, opt_state,
+                      dict(variables.get("batch_stats", {})))
 
 
 def data_mesh_sharding(batch_size: int) -> NamedSharding | None:
@@ -199,8 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     data = load_data(config)
     num_classes = int(max(data.train.labels.max(), data.test.labels.max())) + 1
-    model = make_model(config.model, num_classes)
-    rule = make_rule(config.rule, config.lra)
+    model = make_model(config.model, num_classes, config.rule)
+    rule = make_rule(config.rule, config.lra, config.model.name)
     steps_per_epoch = len(data.train.labels) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.train.labels)} "
@@ -222,7 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     step_fn = jax.jit(functools.partial(
         train_steps, model=model, rule=rule, tx=tx, key=jax.random.fold_in(key, 2),
-        noise_std=config.input_noise, num_classes=num_classes, sharding=sharding),
+        noise_std=config.input_noise, num_classes=num_classes, sharding=sharding,
+        augment=config.get("augment", "none")),
         donate_argnums=0)
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
     cosine_fn = _cosine_fn(model, rule) if config.diagnostics.cosine else None
@@ -243,7 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         record = _epoch_record(epoch, step, epoch_metrics, meta, eval_fn, state, data, config)
         if cosine_fn is not None:
             batch = slice(0, config.batch_size)
-            cos = cosine_fn(state.params, state.feedback, train_x[batch], train_y[batch])
+            cos = cosine_fn(state.params, state.feedback, state.batch_stats, train_x[batch],
+                            train_y[batch])
             record.update({f"cosine/{k}": float(v) for k, v in cos.items()})
         meta["best_val_accuracy"] = max(meta["best_val_accuracy"], record["val_accuracy"])
         _append_jsonl(metrics_path, record)
@@ -252,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                if k not in ("epoch", "step")))
     if step > start_step or mngr.latest_step() != step:
         checkpoints.save(mngr, step, state, meta)
-    test = evaluate(eval_fn, state.params, data.test, config.eval_batch_size)
+    test = evaluate(eval_fn, state, data.test, config.eval_batch_size)
     results = {
         "rule": config.rule, "dataset": config.dataset,
         "model": _model_name(config, data, num_classes),
@@ -306,7 +382,7 @@ def _truncate_jsonl(path: str, max_step: int) -> None:
 def _epoch_record(epoch, step, epoch_metrics, meta, eval_fn, state, data, config) -> dict:
     train = {k: float(np.mean(np.concatenate(v))) for k, v in jax.device_get(
         jax.tree.map(lambda *xs: list(xs), *epoch_metrics)).items()} if epoch_metrics else {}
-    val = evaluate(eval_fn, state.params, data.val, config.eval_batch_size)
+    val = evaluate(eval_fn, state, data.val, config.eval_batch_size)
     return {"epoch": epoch + 1, "step": step, "train_loss": train.get("loss", float("nan")),
             "train_accuracy": train.get("accuracy", float("nan")),
             "val_loss": val["loss"], "val_accuracy": val["accuracy"],
@@ -315,19 +391,66 @@ def _epoch_record(epoch, step, epoch_metrics, meta, eval_fn, state, data, config
 
 def _cosine_fn(model, rule):
     """Jitted per-layer cosine between the rule's kernel deltas and the backprop gradient."""
-    bp = rules.backprop()
+    if isinstance(model, resnet.ResNet):
+        bp, bp_model = resnet_rules.resnet_autodiff("exact"), model.clone(backward="exact")
+        num_classes = model.num_classes
+    else:
+        bp, bp_model, num_classes = rules.backprop(), model, model.features[-1]
 
     @jax.jit
-    def fn(params, feedback, images, labels):
-        onehot = jax.nn.one_hot(labels, model.features[-1])
-        deltas, _ = rule.deltas(params, feedback, images, onehot, model=model)
-        grads, _ = bp.deltas(params, {}, images, onehot, model=model)
+    def fn(params, feedback, batch_stats, images, labels):
+        onehot = jax.nn.one_hot(labels, num_classes)
+        deltas, _ = rule.deltas(params, feedback, images, onehot, model=model,
+                                batch_stats=batch_stats)
+        grads, _ = bp.deltas(params, {}, images, onehot, model=bp_model,
+                             batch_stats=batch_stats)
         return diagnostics.layer_cosines(deltas["params"], grads["params"])
 
     return fn
 
 
 def _model_name(config, data, num_classes) -> str:
+    if config.model.name == "resnet":
+        m = config.model
+        return f"resnet{m.depth}-w{m.width}-{m.stem}" + ("" if m.use_bn else "-nobn")
     widths = (int(np.prod(data.train.images.shape[1:])), *config.model.hidden, num_classes)
     name = "mlp-" + "-".join(str(w) for w in widths)
     return name + (f"-res{config.model.residual_gap}" if config.model.residual_gap else "")
+
+
+DATASET_SHAPES = {"fashion_mnist": ((28, 28, 1), 10), "mnist": ((28, 28, 1), 10),
+                  "synthetic": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10)}
+
+
+def certify_config(config: ml_collections.ConfigDict, *, batch_size: int = 2,
+                   input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
+                   rule: rules.UpdateRule | None = None):
+    """The weight-transport certificate (`certify.certify_step`) of config's train step.
+
+    Builds the model, rule and optimizer exactly as training does, on zero inputs of the
+    config's image shape; no data is read. `rule` replaces config.rule's rule (to certify
+    your own rule inside the standard step).
+    """
+    from rec_lra_jax import certify  # noqa: PLC0415 - only this entry point needs it
+
+    shape, classes = DATASET_SHAPES.get(config.dataset, ((None,), None))
+    if input_shape is None:
+        size = config.get("data", {}).get("image_size", None)
+        input_shape = shape if shape[0] is not None else (size, size, 3)
+    num_classes = num_classes or classes or config.get("num_classes", 1000)
+    model = make_model(config.model, num_classes, config.rule)
+    rule = rule or make_rule(config.rule, config.lra, config.model.name)
+    learn = rules.feedback_is_learned(config.rule, config.lra.feedback_rule)
+    tx = make_optimizer(config.optim, total_steps=100, learn_feedback=learn)
+    state = create_train_state(jax.random.key(0), model, rule, tx, (1, *input_shape))
+    step = functools.partial(train_step, model=model, rule=rule, tx=tx,
+                             key=jax.random.key(1), noise_std=config.input_noise,
+                             num_classes=num_classes)
+    images = jnp.zeros((batch_size, *input_shape))
+    labels = jnp.zeros((batch_size,), jnp.int32)
+    batch_stats = state.batch_stats
+
+    def forward(params, x):
+        return model.apply(model_variables(params, batch_stats), x, train=False)
+
+    return certify.certify_step(step, state, images, labels, forward_fn=forward)

@@ -104,3 +104,27 @@ def test_epoch_permutation_is_replayable():
     np.testing.assert_array_equal(a, input_pipeline.epoch_permutation(0, 3, 100))
     assert not np.array_equal(a, input_pipeline.epoch_permutation(0, 4, 100))
     assert sorted(a) == list(range(100))
+
+
+def test_cifar_python_batches(tmp_path):
+    import pickle
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in input_pipeline.CIFAR_FILES:
+        batch = {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
+                 b"labels": list(rng.integers(0, 10, 10))}
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    data = input_pipeline.load_dataset("cifar10", data_dir=str(tmp_path), val_size=5)
+    assert data.train.images.shape == (45, 32, 32, 3) and data.val.labels.shape == (5,)
+    assert data.test.images.shape == (10, 32, 32, 3)
+    assert data.train.images.max() <= 1.0
+    with open(root / "data_batch_3", "wb") as f:
+        f.write(b"not a pickle")
+    with pytest.raises(DataError, match="data_batch_3 is corrupt"):
+        input_pipeline.load_dataset("cifar10", data_dir=str(tmp_path))
+    (root / "test_batch").unlink()
+    with pytest.raises(DataError, match="test_batch"):
+        input_pipeline.load_dataset("cifar10", data_dir=str(tmp_path))

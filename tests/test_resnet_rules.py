@@ -1,29 +1,41 @@
-"""rec-LRA on ResNets (work in progress): delta and synapse structure for every variant."""
+"""rec-LRA and the baselines on ResNets: structure, a hand-written sweep, BN, FA layers."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from rec_lra_jax import resnet, resnet_rules
+from rec_lra_jax import conv, feedback_ops, resnet, resnet_rules
 
 
-def _setup(depth, stem, skip_source, size=16, batch=2, **model_kwargs):
-    model = resnet.resnet(depth, num_classes=10, width=4, stem=stem, **model_kwargs)
-    x = jnp.zeros((batch, size, size, 3))
+def _setup(depth, stem, rule, size=16, batch=2, backward="exact", **model_kwargs):
+    model = resnet.resnet(depth, num_classes=10, width=4, stem=stem, backward=backward,
+                          **model_kwargs)
+    x = jax.random.normal(jax.random.key(2), (batch, size, size, 3))
     labels = jax.nn.one_hot(jnp.arange(batch) % 10, 10)
     variables = model.init(jax.random.key(0), x, train=False)
-    rule = resnet_rules.resnet_rec_lra(skip_source=skip_source)
     feedback = rule.init(jax.random.key(1), variables["params"], model=model, x=x)
-    return model, variables, rule, feedback, x, labels
+    return model, variables, feedback, x, labels
 
 
-@pytest.mark.parametrize("depth,stem,skip_source", [
-    (18, "cifar", "head"), (18, "imagenet", "head"), (18, "cifar", "channel"),
-    (18, "cifar", "dense"), (50, "cifar", "head"), (50, "imagenet", "channel"),
+RULES = {
+    "rec_lra_dense": lambda: resnet_rules.resnet_rec_lra(),
+    "rec_lra_channel": lambda: resnet_rules.resnet_rec_lra(skip_source="channel"),
+    "rec_lra_head": lambda: resnet_rules.resnet_rec_lra(skip_source="head"),
+    "rec_lra_depth1": lambda: resnet_rules.resnet_rec_lra(depth=1),
+    "dfa": resnet_rules.resnet_dfa,
+}
+
+
+@pytest.mark.parametrize("depth,stem,rule", [
+    (18, "cifar", "rec_lra_dense"), (18, "imagenet", "rec_lra_head"),
+    (18, "cifar", "rec_lra_channel"), (18, "cifar", "rec_lra_depth1"), (18, "cifar", "dfa"),
+    (50, "cifar", "rec_lra_head"), (50, "imagenet", "rec_lra_channel"),
 ])
-def test_deltas_match_params_and_feedback(depth, stem, skip_source):
-    model, variables, rule, feedback, x, labels = _setup(depth, stem, skip_source,
-                                                         size=32 if stem == "imagenet" else 16)
+def test_deltas_match_params_and_feedback(depth, stem, rule):
+    rule = RULES[rule]()
+    model, variables, feedback, x, labels = _setup(depth, stem, rule,
+                                                   size=32 if stem == "imagenet" else 16)
     deltas, aux = jax.eval_shape(lambda: rule.deltas(
         variables["params"], feedback, x, labels, model=model,
         batch_stats=variables["batch_stats"]))
@@ -33,15 +45,127 @@ def test_deltas_match_params_and_feedback(depth, stem, skip_source):
     assert shapes(aux["batch_stats"]) == shapes(variables["batch_stats"])
 
 
-def test_bn_options_and_errors():
-    model, variables, _, feedback, x, labels = _setup(18, "cifar", "head")
+def _hand_written(params, feedback, acts, labels, beta):
+    """rec-LRA (dense source, head_last, depth 2, BN Jacobian) on a ResNet-18, written out
+    block by block without the library's sweep."""
+    B = labels.shape[0]
+    e_L = jax.nn.softmax(acts["logits"]) - labels
+    out = {"head": {"kernel": acts["head"]["input"].T @ e_L / B, "bias": e_L.mean(0)}}
+
+    def bn_back(sig, e, scale):
+        m = lambda a: a.mean((0, 1, 2))
+        return scale * sig["inv_std"] * (e - m(e) - sig["xhat"] * m(e * sig["xhat"]))
+
+    def layer(name, sig, e):
+        e_c = bn_back(sig, e, params[name]["bn"]["scale"])
+        k = params[name]["conv"]["kernel"]
+        s = 1 if sig["input"].shape[1] == sig["conv"].shape[1] else 2
+        dk = jax.vjp(lambda w: conv.conv(sig["input"], w, strides=s, padding=k.shape[0] // 2),
+                     k)[1](e_c)[0] / B
+        xh = sig["xhat"]
+        out[name] = {"conv": {"kernel": dk}, "bn": {"scale": (e * xh).sum((0, 1, 2)) / B,
+                                                     "bias": e.sum((0, 1, 2)) / B}}
+        return e_c, s
+
+    for b in range(8):
+        name = f"block_{b:02d}"
+        blk = acts["blocks"][name]
+        u = blk["post"]
+        if b == 7:
+            d = jnp.broadcast_to((e_L @ feedback[name])[:, None, None, :] / (u.shape[1] ** 2),
+                                 u.shape)
+        else:
+            d = (e_L @ feedback[name]).reshape(u.shape)
+        e_b = u - jax.nn.relu(blk["pre"] - beta * d)
+        e_c2, _ = layer(f"{name}_conv2", blk["conv2"], e_b)
+        z1 = jax.nn.relu(blk["conv1"]["bn"])
+        E = feedback[f"{name}_conv1"]
+        d1 = jax.vjp(lambda z, E=E: conv.conv(z, E, strides=1, padding=1), z1)[1](e_c2)[0]
+        layer(f"{name}_conv1", blk["conv1"], z1 - jax.nn.relu(blk["conv1"]["bn"] - beta * d1))
+        if "proj" in blk:
+            layer(f"{name}_proj", blk["proj"], e_b)
+    u0 = acts["stem"]["post"]
+    d0 = (e_L @ feedback["stem"]).reshape(u0.shape)
+    layer("stem", acts["stem"], u0 - jax.nn.relu(acts["stem"]["bn"] - beta * d0))
+    return out
+
+
+def test_sweep_equals_hand_written_loop():
+    rule = resnet_rules.resnet_rec_lra(beta=0.3)
+    model, variables, feedback, x, labels = _setup(18, "cifar", rule, batch=3)
+    params = jax.tree.map(  # non-trivial BN scales, so the Jacobian's gain is exercised
+        lambda p: p * 1.3 if p.ndim == 1 else p, variables["params"])
+    acts, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                          train=True, mutable=["batch_stats"])
+    got = resnet_rules.resnet_deltas(params, feedback, acts, labels, model=model, beta=0.3)
+    want = _hand_written(params, feedback, acts, labels, 0.3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+                 got["params"], want)
+
+
+def test_bn_jacobian_error_is_the_batchnorm_vjp():
+    """bn_error="jacobian" equals the exact backward of the layer's own BatchNorm."""
+    c = jax.random.normal(jax.random.key(0), (4, 5, 5, 3)) * 2 + 1
+    scale, bias = jnp.asarray([0.5, 1.5, 2.0]), jnp.asarray([0.1, -0.2, 0.0])
+    bn = resnet.BatchNorm()
+    variables = bn.init(jax.random.key(1), c, train=False)
+    variables = {**variables, "params": {"scale": scale, "bias": bias}}
+    signals, _ = bn.apply(variables, c, train=True, mutable=["batch_stats"])
+    e = jax.random.normal(jax.random.key(2), c.shape)
+    want = jax.vjp(lambda t: bn.apply(variables, t, train=True, mutable=["batch_stats"])[0]["bn"],
+                   c)[1](e)[0]
+    got = resnet_rules._conv_error(signals, e, {"bn": {"scale": scale}}, "jacobian")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(resnet_rules._conv_error(signals, e, {"bn": {"scale": scale}},
+                                                        "output"), e)
+    affine = conv.bn_affine_deltas(e, signals["xhat"])
+    np.testing.assert_allclose(affine["scale"], (e * signals["xhat"]).sum((0, 1, 2)) / 4,
+                               rtol=1e-5)
+
+
+def test_feedback_conv_sends_the_cotangent_through_b():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    w, b = (jax.random.normal(jax.random.key(i), (3, 3, 3, 4)) for i in (1, 2))
+    g = jax.random.normal(jax.random.key(3), (2, 3, 3, 4))
+    _, vjp = jax.vjp(lambda x, w: feedback_ops.feedback_conv(x, w, b, 2, 1), x, w)
+    dx, dw = vjp(g)
+    _, exact = jax.vjp(lambda x, w: conv.conv(x, w, strides=2, padding=1), x, w)
+    np.testing.assert_allclose(dx, exact(g)[0] * 0 + jax.vjp(
+        lambda x: conv.conv(x, b, strides=2, padding=1), x)[1](g)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, exact(g)[1], rtol=1e-5, atol=1e-5)
+    # With B = W the layer is backprop's.
+    _, same = jax.vjp(lambda x: feedback_ops.feedback_conv(x, w, w, 2, 1), x)
+    np.testing.assert_allclose(same(g)[0], exact(g)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backward", ["fa", "sign"])
+def test_autodiff_baselines(backward):
+    rule = resnet_rules.resnet_autodiff(backward)
+    model, variables, feedback, x, labels = _setup(18, "cifar", rule, backward=backward)
+    assert bool(feedback) == (backward == "fa")
+    deltas, aux = rule.deltas(variables["params"], feedback, x, labels, model=model,
+                              batch_stats=variables["batch_stats"])
+    bp = resnet_rules.resnet_autodiff("exact")
+    exact, _ = bp.deltas(variables["params"], {}, x, labels,
+                         model=model.clone(backward="exact"),
+                         batch_stats=variables["batch_stats"])
+    # The head's gradient needs no feedback: identical; the stem's differs from backprop.
+    np.testing.assert_allclose(deltas["params"]["head"]["kernel"],
+                               exact["params"]["head"]["kernel"], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(deltas["params"]["stem"]["conv"]["kernel"],
+                           exact["params"]["stem"]["conv"]["kernel"])
+    with pytest.raises(ValueError, match="backward"):
+        bp.deltas(variables["params"], {}, x, labels, model=model,
+                  batch_stats=variables["batch_stats"])
+
+
+def test_bad_options():
+    model, variables, feedback, x, labels = _setup(18, "cifar", resnet_rules.resnet_rec_lra())
     acts, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    out = jax.eval_shape(lambda: resnet_rules.resnet_deltas(
-        variables["params"], feedback, acts, labels, model=model, bn_error="scaled"))
-    assert set(out["params"]["stem"]) == {"conv", "bn"}
     with pytest.raises(ValueError, match="bn_error"):
         resnet_rules.resnet_deltas(variables["params"], feedback, acts, labels, model=model,
                                    bn_error="none")
     with pytest.raises(ValueError, match="skip source"):
-        resnet_rules.init_resnet_feedback(jax.random.key(0), model, variables["params"], x,
-                                          skip_source="random")
+        resnet_rules.resnet_rec_lra(skip_source="random")
+    with pytest.raises(ValueError, match="depth"):
+        resnet_rules.resnet_rec_lra(depth=3)

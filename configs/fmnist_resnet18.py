@@ -1,0 +1,44 @@
+r"""Fashion-MNIST, ResNet-18 (CIFAR stem, reduced width), rec-LRA by default.
+
+Command (swap the rule with --config.rule=bp|fa|dfa|sign_symmetry):
+
+  python -m experiments.fashion_mnist --config=configs/fmnist_resnet18.py \
+      --workdir=/tmp/fmnist_resnet18 --config.rule=rec_lra
+
+Every rule uses the same model, data order, optimizer and seed; only the update rule
+changes. Results and the exact commands: BENCHMARKS.md. Arguments after the colon:
+`smoke` (a width-4 net on synthetic data, seconds; used by the tests).
+"""
+
+from configs import fmnist_mlp
+
+
+def get_config(arg: str | None = None) -> "ml_collections.ConfigDict":  # noqa: F821
+    config = fmnist_mlp.get_config()
+    config.unlock()
+    config.model = {"name": "resnet", "depth": 18, "width": 16, "stem": "cifar",
+                    "use_bn": True, "bn_affine": True, "init": "he"}
+    config.lra.skip_source = "dense"  # dense | channel | head (SPEC's three sources)
+    config.lra.bn_error = "jacobian"  # jacobian | output | scaled
+    config.lra.feedback_scale = 1.0  # synapse std = scale * sqrt(2 / fan_in)
+    config.lra.head_last = True  # last block driven through the head (avg-pool adjoint)
+    config.lra.depth = 2  # 1: every layer straight from e_L
+    config.optim.lr = 3e-3
+    config.optim.weight_decay = 0.05
+    config.batch_size = 128
+    config.eval_batch_size = 500
+    config.num_epochs = 15
+    config.steps_per_call = 50
+    config.checkpoint_every_steps = 2000
+    if arg == "smoke":
+        config.dataset = "synthetic"
+        config.model.width = 4
+        config.batch_size = 32
+        config.eval_batch_size = 128
+        config.num_epochs = 2
+        config.checkpoint_every_steps = 10
+        config.steps_per_call = 4
+    elif arg:
+        raise ValueError(f"Unknown config argument {arg!r}; use 'smoke'.")
+    config.lock()
+    return config

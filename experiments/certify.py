@@ -1,0 +1,34 @@
+r"""Certifies that a config's train step has no weight transport (rec_lra_jax.certify).
+
+  python -m experiments.certify --config=configs/fmnist_resnet18.py
+  python -m experiments.certify --config=configs/resnet50.py --config.rule=bp
+
+Traces one train step on zero inputs (no dataset, no compilation) and exits 0 with the
+reasons when certified, 1 with the offending layer and operation when not.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rec_lra_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fmnist_resnet18.py.",
+                                lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = FLAGS.config
+    certificate = train.certify_config(config)
+    print(f"rule={config.rule} model={config.model.name}")
+    print(certificate)
+    sys.exit(0 if certificate.certified else 1)
+
+
+if __name__ == "__main__":
+    app.run(main)
