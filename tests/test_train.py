@@ -74,6 +74,31 @@ def test_sharded_train_step_equals_unsharded():
     assert train.data_mesh_sharding(32) is not None and train.data_mesh_sharding(30) is None
 
 
+def test_single_step_calls_equal_the_fused_scan():
+    # steps_per_call=1 takes the loop-free path (ResNets on CPU); it must be the same step.
+    config = smoke_config()
+    data = input_pipeline.synthetic_dataset()
+    model = train.make_model(config.model, 10)
+    rule = train.make_rule("rec_lra", config.lra)
+    tx = train.make_optimizer(config.optim, total_steps=10, learn_feedback=True)
+    state = train.create_train_state(jax.random.key(0), model, rule, tx, (1, 28, 28, 1))
+    x, y = jnp.asarray(data.train.images), jnp.asarray(data.train.labels)
+    batches = jnp.arange(3 * 32).reshape(3, 32)
+    kwargs = dict(model=model, rule=rule, tx=tx, key=jax.random.key(1), noise_std=0.1,
+                  num_classes=10)
+    step = jax.jit(lambda s, b: train.train_steps(s, x, y, b, **kwargs))
+    fused, fused_metrics = step(state, batches)
+    single, losses = state, []
+    for k in range(3):
+        single, m = step(single, batches[k:k + 1])
+        assert m["loss"].shape == (1,)
+        losses.append(m["loss"][0])
+    assert int(single.step) == 3
+    np.testing.assert_allclose(np.array(losses), fused_metrics["loss"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 fused, single)
+
+
 def _run_entry_point(workdir, *extra, wait=True, config="configs/fmnist_mlp.py:smoke"):
     cmd = [sys.executable, "-m", "experiments.fashion_mnist", f"--config={config}",
            f"--workdir={workdir}", *extra]
