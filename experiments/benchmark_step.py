@@ -3,7 +3,7 @@ r"""Train-step time and XLA memory of every rule on one config, measured in one 
   python -m experiments.benchmark_step --config=configs/fmnist_mlp.py \
       [--rules=rec_lra,bp,lra_e,fa,dfa] [--repeats=7] [--steps=200]
   python -m experiments.benchmark_step --config=configs/cifar10_resnet18.py \
-      --rules=rec_lra,bp --image_shape=32,32,3 --steps=3 --repeats=5 --config.batch_size=32
+      --rules=rec_lra,bp --image_shape=32,32,3 --steps=1 --repeats=5 --config.batch_size=32
 
 Each rule's jitted `train_steps` (the exact function the training loop runs: input noise,
 deltas, re-projection, AdamW) is compiled, warmed up, then timed over `steps` fused steps;

@@ -59,3 +59,20 @@ def test_imagenet_preprocessing_shapes_and_order():
     evals = list(imagenet_input.batches(source, batch_size=4, size=8, train=False, seed=0,
                                         epoch=0, workers=2))
     assert [len(b[1]) for b in evals] == [4, 4, 2]
+
+
+def test_compare_tabulates_rules_with_epochs_to_threshold(tmp_path):
+    proc = _run("experiments.compare", "configs/fmnist_mlp.py:smoke", tmp_path,
+                "--rules=rec_lra,bp", "--reach=0.5", "--config.optim.lr=3e-3",
+                "--config.num_epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "comparison.md").read_text()
+    assert "epochs to 50 % val" in table
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert [r["rule"] for r in saved] == ["rec_lra", "bp"]
+    for r in saved:  # the column agrees with each rule's own metrics.jsonl
+        lines = [json.loads(x) for x in open(tmp_path / r["rule"] / "metrics.jsonl")]
+        first = next((x["epoch"] for x in lines if x["val_accuracy"] >= 0.5), None)
+        assert r["epochs_to"] == first
+        assert f"| {r['rule']} | {100 * r['test_accuracy']:.2f} |" in table
+    assert any(r["epochs_to"] is not None for r in saved)  # synthetic data: reached early
