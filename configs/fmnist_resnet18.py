@@ -16,7 +16,7 @@ from configs import fmnist_mlp
 def get_config(arg: str | None = None) -> "ml_collections.ConfigDict":  # noqa: F821
     config = fmnist_mlp.get_config()
     config.unlock()
-    config.model = {"name": "resnet", "depth": 18, "width": 16, "stem": "cifar",
+    config.model = {"name": "resnet", "depth": 18, "width": 8, "stem": "cifar",
                     "use_bn": True, "bn_affine": True, "init": "he"}
     config.lra.skip_source = "dense"  # dense | channel | head (SPEC's three sources)
     config.lra.bn_error = "jacobian"  # jacobian | output | scaled
@@ -27,9 +27,9 @@ def get_config(arg: str | None = None) -> "ml_collections.ConfigDict":  # noqa: 
     config.optim.weight_decay = 0.05
     config.batch_size = 128
     config.eval_batch_size = 500
-    config.num_epochs = 15
+    config.num_epochs = 10
     config.steps_per_call = 1  # XLA:CPU runs convs ~10x slower inside a scan body
-    config.checkpoint_every_steps = 2000
+    config.checkpoint_every_steps = 453  # one epoch (58k / 128)
     if arg == "smoke":
         config.dataset = "synthetic"
         config.model.width = 4
