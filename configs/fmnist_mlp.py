@@ -65,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment = "none"  # none | crop_flip (pad-4 random crop + horizontal flip)
     config.checkpoint_every_steps = 10_000
     config.steps_per_call = 100  # train steps fused into one jitted lax.scan call
+    config.log_every_steps = 0  # progress line every N steps within an epoch; 0: epochs only
 
     config.diagnostics = ml_collections.ConfigDict()
     config.diagnostics.cosine = False  # log per-layer cos(rule delta, backprop gradient)

@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> "ml_collections.ConfigDict":  # noqa: 
     config.eval_batch_size = 500
     config.num_epochs = 10
     config.steps_per_call = 1  # XLA:CPU runs convs ~10x slower inside a scan body
+    config.log_every_steps = 100
     config.checkpoint_every_steps = 453  # one epoch (58k / 128)
     if arg == "smoke":
         config.dataset = "synthetic"

@@ -356,7 +356,9 @@ def _train_epoch(step_fn, state, step, batches, train_x, train_y, epoch_start, t
     in train steps (not in checkpointing) to meta["train_seconds"].
     """
     every = config.checkpoint_every_steps
+    log_every = config.get("log_every_steps", 0)
     epoch_metrics, t0 = [], time.perf_counter()
+    last_log = (step, time.perf_counter())
     while step < epoch_start + len(batches):
         first = step - epoch_start
         # Each call stops at the epoch end and at the next checkpoint step.
@@ -364,6 +366,12 @@ def _train_epoch(step_fn, state, step, batches, train_x, train_y, epoch_start, t
         state, m = step_fn(state, train_x, train_y, batches[first:first + count])
         epoch_metrics.append(m)
         step += count
+        if log_every and step // log_every > last_log[0] // log_every:
+            now = time.perf_counter()
+            logging.info("step %d/%d: train_loss %.4f, %.2f steps/s", step, total_steps,
+                         float(np.mean(jax.device_get(m["loss"]))),
+                         (step - last_log[0]) / (now - last_log[1]))
+            last_log = (step, now)
         if step % every == 0 and step < total_steps:
             jax.block_until_ready(state)
             meta["train_seconds"] += time.perf_counter() - t0

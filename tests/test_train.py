@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,6 +177,15 @@ def test_bad_config_values_and_keys(tmp_path):
     assert proc.returncode != 0 and "does not exist" in proc.stderr
     proc = _run_entry_point(tmp_path, "--config.data.dir=/some/dir")
     assert proc.returncode != 0 and "dataset is 'synthetic'" in proc.stderr
+
+
+def test_progress_lines_within_an_epoch(tmp_path):
+    proc = _run_entry_point(tmp_path, "--config.log_every_steps=5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = re.findall(r"step (\d+)/32: train_loss [0-9.]+, [0-9.]+ steps/s", proc.stderr)
+    assert len(lines) >= 4 and all(int(a) < int(b) for a, b in zip(lines, lines[1:], strict=False))
+    quiet = _run_entry_point(tmp_path / "quiet")
+    assert quiet.returncode == 0 and "steps/s" not in quiet.stderr
 
 
 @pytest.mark.parametrize("rule", ["rec_lra", "bp", "fa", "dfa", "sign_symmetry"])
