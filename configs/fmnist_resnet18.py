@@ -1,13 +1,16 @@
-r"""Fashion-MNIST, ResNet-18 (CIFAR stem, reduced width), rec-LRA by default.
+r"""Fashion-MNIST, ResNet-18 (CIFAR stem), rec-LRA by default.
 
 Command (swap the rule with --config.rule=bp|fa|dfa|sign_symmetry):
 
-  python -m experiments.fashion_mnist --config=configs/fmnist_resnet18.py \
+  python -m experiments.fashion_mnist --config=configs/fmnist_resnet18.py:full \
       --workdir=/tmp/fmnist_resnet18 --config.rule=rec_lra
 
 Every rule uses the same model, data order, optimizer and seed; only the update rule
 changes. Results and the exact commands: BENCHMARKS.md. Arguments after the colon:
-`smoke` (a width-4 net on synthetic data, seconds; used by the tests).
+none (width 8, 10 epochs: sized for a 2-core CPU, about 35 minutes per rule there),
+`full` (the standard width 64, 15 epochs: about 40 s of training per rule on an H100;
+rec-LRA 91.38 %, backprop 92.58 %, seed 0), `smoke` (a width-4 net on synthetic data,
+seconds; used by the tests).
 """
 
 from configs import fmnist_mlp
@@ -39,7 +42,10 @@ def get_config(arg: str | None = None) -> "ml_collections.ConfigDict":  # noqa: 
         config.num_epochs = 2
         config.checkpoint_every_steps = 10
         config.steps_per_call = 4
+    elif arg == "full":
+        config.model.width = 64
+        config.num_epochs = 15
     elif arg:
-        raise ValueError(f"Unknown config argument {arg!r}; use 'smoke'.")
+        raise ValueError(f"Unknown config argument {arg!r}; use 'full' or 'smoke'.")
     config.lock()
     return config

@@ -156,7 +156,8 @@ def test_every_config_loads():
         if name == "__init__":
             continue
         module = __import__(f"configs.{name}", fromlist=["get_config"])
-        for arg in (None, "smoke", "demo") if "demo" in module.__doc__ else (None, "smoke"):
+        args = [None, "smoke"] + [a for a in ("demo", "full") if f"`{a}`" in module.__doc__]
+        for arg in args:
             config = module.get_config(arg)
             assert config.rule in rules.RULES
             train.make_rule(config.rule, config.lra, config.model.name)
