@@ -56,7 +56,8 @@ def test_results_and_metrics_files(tmp_path):
     assert lines[-1]["cosine/layer_03"] > 0.99  # the output layer's delta is its gradient
 
 
-def test_sharded_train_step_equals_unsharded():
+def _smoke_step_inputs():
+    """A fresh rec-LRA smoke state, the synthetic train split, 3 batches, the step kwargs."""
     config = smoke_config()
     data = input_pipeline.synthetic_dataset()
     model = train.make_model(config.model, 10)
@@ -67,6 +68,11 @@ def test_sharded_train_step_equals_unsharded():
     batches = jnp.arange(3 * 32).reshape(3, 32)
     kwargs = dict(model=model, rule=rule, tx=tx, key=jax.random.key(1), noise_std=0.1,
                   num_classes=10)
+    return state, x, y, batches, kwargs
+
+
+def test_sharded_train_step_equals_unsharded():
+    state, x, y, batches, kwargs = _smoke_step_inputs()
     mesh = jax.make_mesh((8,), ("data",), (jax.sharding.AxisType.Auto,))
     ref, _ = jax.jit(lambda s: train.train_steps(s, x, y, batches, **kwargs))(state)
     got, _ = jax.jit(lambda s: train.train_steps(
@@ -77,16 +83,7 @@ def test_sharded_train_step_equals_unsharded():
 
 def test_single_step_calls_equal_the_fused_scan():
     # steps_per_call=1 takes the loop-free path (ResNets on CPU); it must be the same step.
-    config = smoke_config()
-    data = input_pipeline.synthetic_dataset()
-    model = train.make_model(config.model, 10)
-    rule = train.make_rule("rec_lra", config.lra)
-    tx = train.make_optimizer(config.optim, total_steps=10, learn_feedback=True)
-    state = train.create_train_state(jax.random.key(0), model, rule, tx, (1, 28, 28, 1))
-    x, y = jnp.asarray(data.train.images), jnp.asarray(data.train.labels)
-    batches = jnp.arange(3 * 32).reshape(3, 32)
-    kwargs = dict(model=model, rule=rule, tx=tx, key=jax.random.key(1), noise_std=0.1,
-                  num_classes=10)
+    state, x, y, batches, kwargs = _smoke_step_inputs()
     step = jax.jit(lambda s, b: train.train_steps(s, x, y, b, **kwargs))
     fused, fused_metrics = step(state, batches)
     single, losses = state, []
