@@ -13,34 +13,23 @@ rec-LRA 91.38 %, backprop 92.58 %, seed 0), `smoke` (a width-4 net on synthetic 
 seconds; used by the tests).
 """
 
-from configs import fmnist_mlp
+import ml_collections
+
+from configs import base
 
 
-def get_config(arg: str | None = None) -> "ml_collections.ConfigDict":  # noqa: F821
-    config = fmnist_mlp.get_config()
-    config.unlock()
-    config.model = {"name": "resnet", "depth": 18, "width": 8, "stem": "cifar",
-                    "use_bn": True, "bn_affine": True, "init": "he"}
-    config.lra.skip_source = "dense"  # dense | channel | head (SPEC's three sources)
-    config.lra.bn_error = "jacobian"  # jacobian | output | scaled
-    config.lra.feedback_scale = 1.0  # synapse std = scale * sqrt(2 / fan_in)
-    config.lra.head_last = True  # last block driven through the head (avg-pool adjoint)
-    config.lra.depth = 2  # 1: every layer straight from e_L
-    config.optim.lr = 3e-3
-    config.optim.weight_decay = 0.05
-    config.batch_size = 128
-    config.eval_batch_size = 500
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = base.get_config("resnet")
+    config.dataset = "fashion_mnist"
+    config.model.width = 8
     config.num_epochs = 10
-    config.steps_per_call = 1  # XLA:CPU runs convs ~10x slower inside a scan body
-    config.log_every_steps = 100
-    config.checkpoint_every_steps = 453  # one epoch (58k / 128)
     if arg == "smoke":
-        config.dataset = "synthetic"
+        config.data.source = "synthetic"
         config.model.width = 4
         config.batch_size = 32
         config.eval_batch_size = 128
         config.num_epochs = 2
-        config.checkpoint_every_steps = 10
+        config.checkpoint_every_epochs = 0.625  # every 10 of the 16 steps per epoch
         config.steps_per_call = 4
     elif arg == "full":
         config.model.width = 64

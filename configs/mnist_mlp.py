@@ -1,7 +1,7 @@
 r"""MNIST, 784-256-256-256-10 tanh MLP: configs/fmnist_mlp.py with dataset=mnist.
 
 Command (MNIST has no Debian package: point data.dir at the four IDX files, or let tfds
-download it with TensorFlow installed):
+download it with TensorFlow installed and --config.data.download=True):
 
   python -m experiments.mnist --config=configs/mnist_mlp.py --workdir=/tmp/mnist \
       --config.rule=rec_lra --config.data.dir=/path/to/mnist
@@ -16,6 +16,5 @@ from configs import fmnist_mlp
 
 def get_config(arg: str | None = None):
     config = fmnist_mlp.get_config(arg)
-    if config.dataset != "synthetic":
-        config.dataset = "mnist"
+    config.dataset = "mnist"
     return config

@@ -9,10 +9,11 @@ reasons when certified, 1 with the offending layer and operation when not.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from rec_lra_jax import train
+from experiments import shell
+from rec_lra_jax import builder
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fmnist_resnet18.py.",
@@ -21,14 +22,14 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv
     config = FLAGS.config
-    certificate = train.certify_config(config)
+    builder.validate(config, overridden=shell.overridden())
+    certificate = builder.certify_config(config)
     print(f"rule={config.rule} model={config.model.name}")
     print(certificate)
     sys.exit(0 if certificate.certified else 1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    shell.run_main(main)

@@ -3,8 +3,10 @@ r"""Trains several rules on one config (same model, data, epochs, seed) and tabu
   python -m experiments.compare --config=configs/fmnist_mlp.py --workdir=/tmp/cmp \
       --rules=rec_lra,bp,lra_e,fa,dfa
 
-Each rule trains in <workdir>/<rule> (resuming if interrupted; a finished rule is not
-re-run). The table goes to stdout and to <workdir>/comparison.md and comparison.json.
+Each rule trains in <workdir>/<rule> through `train.train_and_evaluate`: an interrupted
+rule resumes, a finished one is not re-run, and a rule whose workdir was trained under a
+different config is refused (a result is never reused across configs). The table goes to
+stdout and to <workdir>/comparison.md and comparison.json.
 "epochs to X %" is the first epoch whose validation accuracy (metrics.jsonl) reaches
 --reach; "-" when no epoch did.
 """
@@ -12,15 +14,18 @@ re-run). The table goes to stdout and to <workdir>/comparison.md and comparison.
 import json
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from rec_lra_jax import rules, train
+from experiments import shell
+from rec_lra_jax import builder, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Parent directory; each rule trains in <workdir>/<rule>.")
-flags.DEFINE_list("rules", ["rec_lra", "bp"], f"Rules to compare, from {rules.RULES}.")
+flags.DEFINE_list("rules", ["rec_lra", "bp"], f"Rules to compare, from {builder.RULES}.")
 flags.DEFINE_float("reach", 0.9, "Validation accuracy for the 'epochs to' column.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume rules whose saved config.json differs from this config.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fmnist_mlp.py:demo.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -56,40 +61,33 @@ def format_table(results: list[dict], reach: float | None = None) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(lambda r: "orbax" not in r.pathname)
-    unknown = [r for r in FLAGS.rules if r not in rules.RULES]
+    del argv
+    unknown = [r for r in FLAGS.rules if r not in builder.rules_for(FLAGS.config)]
     if unknown:
-        raise app.UsageError(f"Unknown rules {unknown}; choose from {rules.RULES}.")
+        raise app.UsageError(f"Unknown rules {unknown} for this model; choose from "
+                             f"{builder.rules_for(FLAGS.config)}.")
+    builder.validate(FLAGS.config, rules_run=FLAGS.rules, overridden=shell.overridden())
+    workdir = builder.expand(FLAGS.workdir)
     results = []
     for rule in FLAGS.rules:
         config = FLAGS.config.copy_and_resolve_references()
         config.rule = rule
-        workdir = os.path.join(FLAGS.workdir, rule)
-        done = os.path.join(workdir, "results.json")
-        if os.path.exists(done):
-            with open(done) as f:
-                result = json.load(f)
-            if result["epochs"] == config.num_epochs and result["steps"] > 0:
-                logging.info("%s already trained in %s; reusing its results.", rule, workdir)
-                results.append(result)
-                continue
-        print(f"=== training {rule} ({config.num_epochs} epochs on {config.dataset}) ===",
-              flush=True)
-        results.append(train.train_and_evaluate(config, workdir))
+        print(f"=== {rule} ({config.num_epochs} epochs on {config.dataset}) ===", flush=True)
+        results.append(train.train_and_evaluate(
+            config, os.path.join(workdir, rule), rules_run=FLAGS.rules,
+            overridden=shell.overridden(), allow_config_change=FLAGS.allow_config_change))
     for rule, result in zip(FLAGS.rules, results, strict=True):
-        result["epochs_to"] = epochs_to(os.path.join(FLAGS.workdir, rule), FLAGS.reach)
+        result["epochs_to"] = epochs_to(os.path.join(workdir, rule), FLAGS.reach)
     table = format_table(results, FLAGS.reach)
     first = results[0]
     title = (f"{first['dataset']}, {first['model']}, seed {first['seed']}, "
              f"data from {first['data_source']}")
     print(f"\n{title}\n\n{table}\n", flush=True)
-    with open(os.path.join(FLAGS.workdir, "comparison.md"), "w") as f:
+    with open(os.path.join(workdir, "comparison.md"), "w") as f:
         f.write(f"{title}\n\n{table}\n")
-    with open(os.path.join(FLAGS.workdir, "comparison.json"), "w") as f:
+    with open(os.path.join(workdir, "comparison.json"), "w") as f:
         json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    shell.run_main(main)

@@ -1,57 +1,133 @@
-"""Orbax checkpointing of the train state plus a small JSON record of loop progress."""
+"""Orbax checkpoints of the train state plus a JSON record of loop progress.
 
+`<workdir>/checkpoints` keeps the newest `keep` checkpoints; `<workdir>/best` keeps the one
+with the best validation accuracy, which rotation never removes. Failures reach the user as
+one `CheckpointError` line with the cause (a shape mismatch, a full disk), never as orbax's
+or TensorStore's tracebacks, and nothing already on disk is deleted.
+"""
+
+import errno
 import os
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be restored."""
+    """A checkpoint that cannot be written or restored."""
 
 
-def manager(workdir: str, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    """A synchronous manager over `<workdir>/checkpoints` keeping the newest checkpoints."""
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
-    )
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+def manager(directory: str, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
+    """A synchronous manager over `directory` keeping its newest `max_to_keep` steps."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_names=("state", "meta"))
+
+
+class Checkpoints:
+    """The run's newest checkpoints and its best one."""
+
+    def __init__(self, workdir: str, *, keep: int = 2):
+        self.latest = manager(os.path.join(workdir, "checkpoints"), max_to_keep=keep)
+        self.best = manager(os.path.join(workdir, "best"), max_to_keep=1)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
+        """Saves `state` (a pytree of arrays) and `meta` (JSON) at `step`."""
+        save(self.best if best else self.latest, step, state, meta)
+
+    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+        return restore_latest(self.latest, template)
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The innermost exception of a chain (orbax wraps the OSError that says why)."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _no_space(e: BaseException) -> bool:
+    chain = [e]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return any((isinstance(x, OSError) and x.errno == errno.ENOSPC)
+               or "No space left" in str(x) for x in chain)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-    """Saves `state` (a pytree of arrays) and `meta` (JSON) at `step`."""
-    mngr.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True,
-    )
-    mngr.wait_until_finished()
+    """Saves `state` and `meta` at `step`; a failure leaves the earlier checkpoints intact."""
+    previous = mngr.latest_step()
+    try:
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                meta=ocp.args.JsonSave(meta)), force=True)
+        mngr.wait_until_finished()
+    except Exception as e:  # orbax and TensorStore raise many types
+        kept = (f"the previous checkpoint (step {previous}) is intact" if previous is not None
+                else "there was no earlier checkpoint")
+        if _no_space(e):
+            raise CheckpointError(f"No space left on device while saving step {step} in "
+                                  f"{mngr.directory}; {kept}. Free space and re-run the same "
+                                  f"command to resume.") from None
+        cause = _cause(e)
+        raise CheckpointError(f"Could not save step {step} in {mngr.directory} "
+                              f"({type(cause).__name__}: {str(cause)[:300]}); {kept}.") from None
+
+
+def _shape_mismatches(mngr: ocp.CheckpointManager, step: int, template: Any) -> list[str]:
+    """'path: checkpoint (a, b), config (c, d)' for every leaf whose shape differs."""
+    try:
+        stored = mngr.item_metadata(step)["state"]
+    except Exception:  # no readable metadata: nothing to compare
+        return []
+    stored_leaves = {jax.tree_util.keystr(p): getattr(m, "shape", None)
+                     for p, m in jax.tree_util.tree_leaves_with_path(stored)}
+    out = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(template):
+        key = jax.tree_util.keystr(path)
+        have, want = stored_leaves.get(key, "missing"), tuple(np.shape(leaf))
+        if have is not None and (have == "missing" or tuple(have) != want):
+            out.append(f"{key}: checkpoint {have}, config {want}")
+    out += [f"{key}: only in the checkpoint" for key in stored_leaves
+            if key not in {jax.tree_util.keystr(p)
+                           for p, _ in jax.tree_util.tree_leaves_with_path(template)}]
+    return out
 
 
 def restore_latest(mngr: ocp.CheckpointManager, template: Any) -> tuple[Any, dict] | None:
     """Restores the newest checkpoint into `template`'s structure, or None if there is none.
 
     Raises:
-      CheckpointError when the newest checkpoint is unreadable. Nothing is deleted: the
-      message says where it is so the user can move it aside or pick another workdir.
+      CheckpointError when the newest checkpoint is unreadable or was made for another
+      model (its message lists the differing tensors). Nothing is deleted.
     """
     step = mngr.latest_step()
     if step is None:
         return None
     try:
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()
-            ),
-        )
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types for unreadable data
+        mismatches = _shape_mismatches(mngr, step, template)
+        if mismatches:
+            listed = "; ".join(mismatches[:5]) + (" ..." if len(mismatches) > 5 else "")
+            raise CheckpointError(
+                f"The checkpoint at step {step} in {mngr.directory} was made for another "
+                f"model: {listed}. Use a fresh --workdir for this config.") from None
+        cause = _cause(e)
         raise CheckpointError(
             f"Checkpoint at step {step} in {mngr.directory} cannot be restored "
-            f"({type(e).__name__}: {str(e)[:300]}). It was left in place; move it aside to "
-            f"restart from an earlier checkpoint, or use a fresh --workdir."
-        ) from e
+            f"({type(cause).__name__}: {str(cause)[:300]}). It was left in place; move it "
+            f"aside to restart from an earlier checkpoint, or use a fresh --workdir.") from None
     logging.info("Restored checkpoint at step %d from %s.", step, mngr.directory)
     return restored["state"], dict(restored["meta"])

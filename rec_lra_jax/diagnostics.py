@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+from rec_lra_jax import steps
+
 
 def tensor_cosine(a: jax.Array, b: jax.Array) -> jax.Array:
     """Cosine of the angle between two same-shaped tensors, flattened."""
@@ -31,3 +33,22 @@ def layer_norm_ratios(deltas: dict, grads: dict, leaf: str = "kernel") -> dict[s
         name: jnp.linalg.norm(deltas[name][leaf]) / jnp.linalg.norm(grads[name][leaf])
         for name in sorted(grads)
     }
+
+
+def make_cosine_fn(model, rule, bp_model, bp_rule, *, num_classes: int,
+                   normalization: str = "unit"):
+    """jit(params, feedback, batch_stats, images, labels) -> {layer: cos(delta, grad)}.
+
+    The rule's kernel deltas against backprop's gradient on the same batch, same model.
+    """
+    @jax.jit
+    def fn(params, feedback, batch_stats, images, labels):
+        images = steps.normalize(images, normalization)
+        onehot = jax.nn.one_hot(labels, num_classes)
+        deltas, _ = rule.deltas(params, feedback, images, onehot, model=model,
+                                batch_stats=batch_stats)
+        grads, _ = bp_rule.deltas(params, {}, images, onehot, model=bp_model,
+                                  batch_stats=batch_stats)
+        return layer_cosines(deltas["params"], grads["params"])
+
+    return fn

@@ -1,19 +1,19 @@
-"""In-memory datasets (MNIST, Fashion-MNIST, CIFAR-10) from local files or tfds.
+"""Readers of whole datasets into memory: IDX files, CIFAR-10 batches, tfds, synthetic data.
 
-MNIST-family: IDX files (raw or .gz); CIFAR-10: the "python version" batches
-(cifar-10-batches-py, as distributed at https://www.cs.toronto.edu/~kriz/cifar.html).
-Both also load through `tfds.data_source`. Splits follow the paper (58k/2k/10k and
-45k/5k/10k: the last `val_size` training examples are the validation set).
+Each reader returns {"train": (images, labels), "test": (images, labels)} with uint8
+images (N, H, W[, C]) and integer labels. MNIST-family: the four IDX files (raw or .gz);
+CIFAR-10: the binary version (cifar-10-batches-bin) or the python version
+(cifar-10-batches-py, whose batches are pickles: Python code runs while they load, so read
+only copies you trust, or use the binary version or an image folder); tfds: prepared
+array_record data through `tfds.data_source` (no download unless asked for).
 """
 
 import gzip
 import os
 import pickle
 import struct
-from typing import NamedTuple
 
 import numpy as np
-from absl import logging
 
 IDX_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -24,27 +24,14 @@ SYSTEM_DIRS = {
     "fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
     "mnist": ("/usr/share/datasets/mnist",),
 }
-CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-               "test_batch")
-DATASETS = (*SYSTEM_DIRS, "cifar10")
-SOURCES = ("auto", "idx", "tfds")
+CIFAR_PY_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                  "data_batch_5", "test_batch")
+CIFAR_BIN_FILES = tuple(f"{n}.bin" for n in CIFAR_PY_FILES)
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 class DataError(RuntimeError):
     """No usable copy of a dataset, or a corrupt one."""
-
-
-class Split(NamedTuple):
-    images: np.ndarray  # float32 in [0, 1], shape (N, H, W, C)
-    labels: np.ndarray  # int32, shape (N,)
-
-
-class Dataset(NamedTuple):
-    train: Split
-    val: Split
-    test: Split
-    source: str  # where it came from, for logs and results.json
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -86,8 +73,8 @@ def has_idx_files(directory: str) -> bool:
     return all(_find(directory, s) for stems in IDX_STEMS.values() for s in stems)
 
 
-def load_idx_dir(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Loads {"train", "test"} -> (uint8 images (N, H, W), labels) from an IDX directory."""
+def idx_files(directory: str) -> dict[str, tuple[str, str]]:
+    """{"train", "test"} -> (images path, labels path), or DataError naming what is missing."""
     if not os.path.isdir(directory):
         raise DataError(f"Data directory {directory!r} does not exist.")
     out = {}
@@ -99,7 +86,15 @@ def load_idx_dir(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 f"Data directory {directory!r} lacks {missing} (raw or .gz); it needs the four "
                 f"standard IDX files: {[s for st in IDX_STEMS.values() for s in st]}."
             )
-        images, labels = read_idx(paths[0]), read_idx(paths[1])
+        out[split] = tuple(paths)
+    return out
+
+
+def load_idx_dir(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Loads {"train", "test"} -> (uint8 images (N, H, W), labels) from an IDX directory."""
+    out = {}
+    for split, (image_path, label_path) in idx_files(directory).items():
+        images, labels = read_idx(image_path), read_idx(label_path)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
                 f"IDX files in {directory!r} for split {split!r} disagree: images "
@@ -109,153 +104,93 @@ def load_idx_dir(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def _cifar_dir(directory: str) -> tuple[str, str] | None:
+    """(directory, "bin" | "py") of the CIFAR-10 batches in or under `directory`."""
+    for sub, kind, files in (("cifar-10-batches-bin", "bin", CIFAR_BIN_FILES),
+                             ("cifar-10-batches-py", "py", CIFAR_PY_FILES)):
+        for d in (os.path.join(directory, sub), directory):
+            if all(os.path.isfile(os.path.join(d, f)) for f in files):
+                return d, kind
+    return None
+
+
+def has_cifar_files(directory: str) -> bool:
+    return _cifar_dir(directory) is not None
+
+
+def _read_cifar_bin(path: str) -> tuple[np.ndarray, np.ndarray]:
+    data = np.fromfile(path, np.uint8)
+    if data.size == 0 or data.size % 3073:
+        raise DataError(f"CIFAR-10 batch {path} is corrupt: {data.size} bytes is not a whole "
+                        f"number of 3073-byte records.")
+    records = data.reshape(-1, 3073)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+def _read_cifar_py(path: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # noqa: S301 - see the module docstring
+        data = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], np.int64)
+    except Exception as e:  # truncated pickle, wrong file: all mean "corrupt"
+        raise DataError(f"CIFAR-10 batch {path} is corrupt ({type(e).__name__}: {e}).") from e
+    if len(data) != len(labels):
+        raise DataError(f"CIFAR-10 batch {path} has {len(data)} images, {len(labels)} labels.")
+    return data, labels
+
+
 def load_cifar_dir(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Loads {"train", "test"} -> (uint8 images (N, 32, 32, 3), labels) from the CIFAR-10
-    python batches in `directory` (or in its cifar-10-batches-py subdirectory)."""
+    binary batches (preferred: no pickles) or the python batches in or under `directory`."""
     if not os.path.isdir(directory):
         raise DataError(f"Data directory {directory!r} does not exist.")
-    nested = os.path.join(directory, "cifar-10-batches-py")
-    if os.path.isdir(nested):
-        directory = nested
-    missing = [f for f in CIFAR_FILES if not os.path.isfile(os.path.join(directory, f))]
-    if missing:
-        raise DataError(f"{directory!r} lacks the CIFAR-10 python batches {missing} "
-                        f"(extract cifar-10-python.tar.gz there).")
-    batches = {}
-    for name in CIFAR_FILES:
-        path = os.path.join(directory, name)
-        try:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            data = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
-            labels = np.asarray(batch[b"labels"], np.int64)
-        except Exception as e:  # truncated pickle, wrong file: all mean "corrupt"
-            raise DataError(f"CIFAR-10 batch {path} is corrupt ({type(e).__name__}: {e}).") from e
-        if len(data) != len(labels):
-            raise DataError(f"CIFAR-10 batch {path} has {len(data)} images, {len(labels)} labels.")
-        batches[name] = (data.transpose(0, 2, 3, 1), labels)
-    train = [batches[f] for f in CIFAR_FILES[:-1]]
+    found = _cifar_dir(directory)
+    if found is None:
+        raise DataError(f"{directory!r} lacks the CIFAR-10 batches: extract "
+                        f"cifar-10-binary.tar.gz ({', '.join(CIFAR_BIN_FILES)}) or "
+                        f"cifar-10-python.tar.gz ({', '.join(CIFAR_PY_FILES)}) there.")
+    root, kind = found
+    reader, files = (_read_cifar_bin, CIFAR_BIN_FILES) if kind == "bin" else (
+        _read_cifar_py, CIFAR_PY_FILES)
+    batches = [reader(os.path.join(root, f)) for f in files]
+    to_nhwc = lambda b: (b[0].transpose(0, 2, 3, 1), b[1])
+    train = [to_nhwc(b) for b in batches[:-1]]
     return {"train": (np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train])),
-            "test": batches["test_batch"]}
+            "test": to_nhwc(batches[-1])}
 
 
-def load_tfds(name: str, *, data_dir: str | None, download: bool) -> dict:
-    """Loads {"train", "test"} through `tfds.data_source` (decoding needs TensorFlow)."""
-    import tensorflow_datasets as tfds
+def load_tfds(name: str, *, data_dir: str | None, download: bool,
+              splits=("train", "test")) -> dict:
+    """Loads {"train", "test"} through `tfds.data_source` (array_record, random access)."""
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy; only this source needs it
 
     out = {}
-    for split in ("train", "test"):
-        # Random access needs array_record files (tfds prepares tfrecord by default).
+    for key, split in zip(("train", "test"), splits, strict=True):
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=download,
                                   builder_kwargs={"file_format": "array_record"})
         examples = [source[i] for i in range(len(source))]
         images = np.stack([np.asarray(ex["image"]) for ex in examples])
         labels = np.asarray([ex["label"] for ex in examples])
-        out[split] = (images, labels)
+        out[key] = (images, labels)
     return out
 
 
-def _to_split(images: np.ndarray, labels: np.ndarray) -> Split:
-    images = images.astype(np.float32) / 255.0
-    if images.ndim == 3:
-        images = images[..., None]
-    return Split(images, labels.astype(np.int32))
+def synthetic_arrays(shape, num_classes: int, *, seed: int, num_train: int = 512,
+                     num_val: int = 128, num_test: int = 256) -> dict:
+    """A learnable stand-in (class prototypes plus noise) for smoke runs and tests.
 
-
-def split_train_val(raw: dict, val_size: int) -> tuple[Split, Split, Split]:
-    """The paper's split: the last `val_size` training examples are the validation set."""
-    images, labels = raw["train"]
-    if not 0 <= val_size < len(images):
-        raise ValueError(f"val_size {val_size} must be in [0, {len(images)}).")
-    cut = len(images) - val_size
-    train = _to_split(images[:cut], labels[:cut])
-    val = _to_split(images[cut:], labels[cut:])
-    return train, val, _to_split(*raw["test"])
-
-
-def load_dataset(
-    name: str,
-    *,
-    data_dir: str = "",
-    source: str = "auto",
-    download: bool = True,
-    tfds_data_dir: str | None = None,
-    val_size: int = 2000,
-) -> Dataset:
-    """Loads `name` from the first source that works.
-
-    Order for source="auto": the IDX directory `data_dir` if given (an error there is
-    final: a bad explicit path never falls through); the system directories in
-    SYSTEM_DIRS; tfds, already prepared, or downloaded when `download`. "idx" and "tfds"
-    restrict to one kind.
-
-    Raises:
-      DataError naming every option when no source works.
+    {"train", "val", "test"} -> (float32 images in [0, 1], int32 labels).
     """
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {DATASETS}.")
-    if source not in SOURCES:
-        raise ValueError(f"Unknown data source {source!r}; choose one of {SOURCES}.")
-    if data_dir:
-        loader = load_cifar_dir if name == "cifar10" else load_idx_dir
-        raw, origin = loader(data_dir), f"{'dir' if name == 'cifar10' else 'idx'}:{data_dir}"
-    else:
-        raw = origin = None
-        if source in ("auto", "idx"):
-            for d in SYSTEM_DIRS.get(name, ()):
-                if has_idx_files(d):
-                    raw, origin = load_idx_dir(d), f"idx:{d}"
-                    break
-        tried = ""
-        if raw is None and source in ("auto", "tfds"):
-            try:
-                raw, origin = load_tfds(name, data_dir=tfds_data_dir, download=download), "tfds"
-            except Exception as e:  # tfds raises many types; all mean "not available"
-                tried = f" tfds said: {type(e).__name__}: {str(e)[:300]}"
-                logging.warning("tfds could not load %s: %s", name, e)
-        if raw is None:
-            raise DataError(_no_source_message(name, download) + tried)
-    train, val, test = split_train_val(raw, val_size)
-    logging.info("Loaded %s from %s: %d train, %d val, %d test.", name, origin,
-                 len(train.labels), len(val.labels), len(test.labels))
-    return Dataset(train, val, test, origin)
-
-
-def _no_source_message(name: str, download: bool) -> str:
-    apt = {"fashion_mnist": "dataset-fashion-mnist"}.get(name)
-    if name == "cifar10":
-        options = ["point --config.data.dir at the extracted cifar-10-python.tar.gz "
-                   "(the cifar-10-batches-py directory)"]
-    else:
-        options = [
-            f"point --config.data.dir at a directory with the four IDX files "
-            f"({', '.join(s for st in IDX_STEMS.values() for s in st)}, raw or .gz)",
-        ]
-    if apt:
-        options.append(
-            f"on Debian/Ubuntu: apt-get install {apt} (files land in {SYSTEM_DIRS[name][0]})")
-    options.append(
-        "install TensorFlow (pip install -e '.[tfds]') and let tfds "
-        + ("download it (needs network)" if download
-           else "download it: --config.data.download=True")
-    )
-    return f"No copy of {name!r} found. Options:\n  - " + "\n  - ".join(options) + "\n"
-
-
-def synthetic_dataset(
-    *, num_train: int = 512, num_val: int = 128, num_test: int = 256, image_size: int = 28,
-    num_classes: int = 10, seed: int = 0, channels: int = 1,
-) -> Dataset:
-    """A learnable stand-in for MNIST (class prototypes plus noise) for smoke runs and tests."""
     rng = np.random.default_rng(seed)
-    prototypes = rng.uniform(0.0, 1.0, (num_classes, image_size, image_size, channels))
+    prototypes = rng.uniform(0.0, 1.0, (num_classes, *shape))
 
     def make(n):
         labels = rng.integers(0, num_classes, n).astype(np.int32)
-        noise = rng.normal(0.0, 0.3, (n, image_size, image_size, channels))
-        return Split(np.clip(prototypes[labels] + noise, 0, 1).astype(np.float32), labels)
+        noise = rng.normal(0.0, 0.3, (n, *shape))
+        return np.clip(prototypes[labels] + noise, 0, 1).astype(np.float32), labels
 
-    return Dataset(make(num_train), make(num_val), make(num_test), "synthetic")
+    return {"train": make(num_train), "val": make(num_val), "test": make(num_test)}
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:

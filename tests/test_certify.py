@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import fmnist_mlp, fmnist_resnet18
-from rec_lra_jax import certify, resnet_rules, rules, train
+from rec_lra_jax import builder, certify, resnet_rules, rules
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,13 +21,13 @@ def _config(module, rule):
 
 @pytest.mark.parametrize("rule", ["rec_lra", "lra_e", "fa", "dfa"])
 def test_mlp_local_rules_certified(rule):
-    cert = train.certify_config(_config(fmnist_mlp, rule))
+    cert = builder.certify_config(_config(fmnist_mlp, rule))
     assert cert.certified, cert.violations
     assert "forward kernels" in str(cert)
 
 
 def test_mlp_backprop_fails_with_layer_and_op():
-    cert = train.certify_config(_config(fmnist_mlp, "bp"))
+    cert = builder.certify_config(_config(fmnist_mlp, "bp"))
     assert not cert.certified
     text = "\n".join(cert.violations)
     assert "layer 'layer_01'" in text and "dot_general" in text
@@ -49,7 +49,7 @@ def _planted_mlp_rule():
 
 
 def test_mlp_planted_transpose_fails():
-    cert = train.certify_config(_config(fmnist_mlp, "lra_e"), rule=_planted_mlp_rule())
+    cert = builder.certify_config(_config(fmnist_mlp, "lra_e"), rule=_planted_mlp_rule())
     assert not cert.certified
     assert any("layer 'layer_02'" in v for v in cert.violations)
     # No autodiff is involved: (a) alone catches it.
@@ -58,14 +58,14 @@ def test_mlp_planted_transpose_fails():
 
 @pytest.mark.parametrize("rule", ["rec_lra", "fa", "dfa"])
 def test_resnet_local_rules_certified(rule):
-    cert = train.certify_config(_config(fmnist_resnet18, rule), input_shape=(8, 8, 1))
+    cert = builder.certify_config(_config(fmnist_resnet18, rule), input_shape=(8, 8, 1))
     assert cert.certified, cert.violations
 
 
 @pytest.mark.parametrize("rule,op", [("bp", "conv_general_dilated"),
                                      ("sign_symmetry", "conv_general_dilated")])
 def test_resnet_transport_rules_fail(rule, op):
-    cert = train.certify_config(_config(fmnist_resnet18, rule), input_shape=(8, 8, 1))
+    cert = builder.certify_config(_config(fmnist_resnet18, rule), input_shape=(8, 8, 1))
     assert not cert.certified
     assert any("block_00_conv2" in v and op in v for v in cert.violations)
 
@@ -79,7 +79,7 @@ def test_resnet_planted_conv_transpose_fails():
         planted["block_03_conv1"] = params["block_03_conv2"]["conv"]["kernel"]
         return base.deltas(params, planted, x, labels, model=model, batch_stats=batch_stats)
 
-    cert = train.certify_config(_config(fmnist_resnet18, "rec_lra"), input_shape=(8, 8, 1),
+    cert = builder.certify_config(_config(fmnist_resnet18, "rec_lra"), input_shape=(8, 8, 1),
                                 rule=rules.UpdateRule(base.init, deltas))
     assert not cert.certified
     assert len(cert.violations) == 1
@@ -100,7 +100,7 @@ def test_planted_autodiff_through_activations_fails():
             aux["errors"][-1])[0].mean()
         return out, aux
 
-    cert = train.certify_config(_config(fmnist_mlp, "lra_e"),
+    cert = builder.certify_config(_config(fmnist_mlp, "lra_e"),
                                 rule=rules.UpdateRule(base.init, deltas))
     assert not cert.certified
     assert any("jax.vjp" in v for v in cert.violations)

@@ -1,4 +1,4 @@
-"""Smoke runs of the CIFAR-10 and ImageNet entry points (synthetic and tfds mock data)."""
+"""The entry points: smoke runs of every dataset's shell, compare, benchmark, streaming."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from rec_lra_jax import imagenet_input
+from rec_lra_jax import preprocessing, sources
 from rec_lra_jax.input_pipeline import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,48 +17,61 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(module, config, workdir, *flags):
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", module, f"--config={config}",
-                           f"--workdir={workdir}", *flags], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    workdir_flag = [f"--workdir={workdir}"] if workdir is not None else []
+    return subprocess.run([sys.executable, "-m", module, f"--config={config}", *workdir_flag,
+                           *flags], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
 
 
-@pytest.mark.parametrize("module,config,keys", [
-    ("experiments.cifar10", "configs/cifar10_resnet18.py:smoke", ("test_accuracy",)),
-    ("experiments.imagenet", "configs/resnet18.py:smoke", ("val_top1", "val_top5")),
-    ("experiments.imagenet", "configs/resnet50.py:smoke", ("val_top1", "val_top5")),
+@pytest.mark.parametrize("module,config", [
+    ("experiments.cifar10", "configs/cifar10_resnet18.py:smoke"),
+    ("experiments.imagenet", "configs/resnet18.py:smoke"),
+    ("experiments.imagenet", "configs/resnet50.py:smoke"),
 ])
-def test_smoke_entry_points(tmp_path, module, config, keys):
+def test_smoke_entry_points(tmp_path, module, config):
     proc = _run(module, config, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
-    for key in keys:
+    for key in ("test_accuracy", "test_top5", "best_val_accuracy"):
         assert 0.0 <= results[key] <= 1.0
     assert results["steps"] > 0
+    assert os.listdir(tmp_path / "tensorboard")
 
 
 def test_imagenet_without_data_explains_how_to_prepare(tmp_path):
     with pytest.raises(DataError, match="tfds build imagenet2012 --manual_dir"):
-        imagenet_input.open_split("train", data_dir=str(tmp_path))
+        sources.create_data("imagenet2012", tfds_data_dir=str(tmp_path))
 
 
-def test_imagenet_preprocessing_shapes_and_order():
+def test_imagenet_preprocessing_shapes():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    assert imagenet_input.random_resized_crop(rng, image, 16).shape == (16, 16, 3)
-    gray = rng.integers(0, 256, (30, 20), dtype=np.uint8)
-    assert imagenet_input.center_crop(gray, 16).shape == (16, 16, 3)
-    source = [{"image": image, "label": i} for i in range(10)]
-    train = list(imagenet_input.batches(source, batch_size=4, size=8, train=True, seed=0,
-                                        epoch=0, workers=2))
-    assert len(train) == 2 and train[0][0].shape == (4, 8, 8, 3)
-    resumed = list(imagenet_input.batches(source, batch_size=4, size=8, train=True, seed=0,
-                                          epoch=0, skip=1, workers=2))
-    np.testing.assert_array_equal(resumed[0][1], train[1][1])
-    np.testing.assert_array_equal(resumed[0][0], train[1][0])
-    evals = list(imagenet_input.batches(source, batch_size=4, size=8, train=False, seed=0,
-                                        epoch=0, workers=2))
-    assert [len(b[1]) for b in evals] == [4, 4, 2]
+    assert preprocessing.random_resized_crop(rng, image, 16).shape == (16, 16, 3)
+    gray = preprocessing.to_channels(rng.integers(0, 256, (30, 20), dtype=np.uint8), 3)
+    assert preprocessing.center_crop(gray, 16).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_source_order_resume_and_shards(workers):
+    records = sources.SyntheticRecords(22, 5, seed=0, size=16)
+    make = lambda shard=(0, 1): sources.StreamSource(
+        records, train_map=preprocessing.InceptionTrain(8),
+        eval_map=preprocessing.CenterCropEval(8), workers=workers, shard=shard)
+    train = list(make().train_batches(seed=0, epoch=0, batch_size=4))
+    assert len(train) == 5 and train[0][0].shape == (4, 8, 8, 3) and train[0][0].dtype == np.uint8
+    resumed = list(make().train_batches(seed=0, epoch=0, batch_size=4, start=2))
+    for a, b in zip(train[2:], resumed, strict=True):  # resuming replays the same batches
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    other = list(make().train_batches(seed=0, epoch=1, batch_size=4))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(train, other, strict=True))
+    assert [len(b[1]) for b in make().eval_batches(8)] == [8, 8, 6]
+    # Two processes: each reads its own half, in batches of 2, the same number of steps.
+    halves = [list(make((i, 2)).train_batches(seed=0, epoch=0, batch_size=4)) for i in range(2)]
+    assert len(halves[0]) == len(halves[1]) == 5 and halves[0][0][0].shape[0] == 2
+    evals = [np.concatenate([b[1] for b in make((i, 2)).eval_batches(4)]) for i in range(2)]
+    assert sorted(np.concatenate(evals)) == sorted(records[i]["label"] for i in range(22))
 
 
 def test_compare_tabulates_rules_with_epochs_to_threshold(tmp_path):
@@ -76,3 +89,17 @@ def test_compare_tabulates_rules_with_epochs_to_threshold(tmp_path):
         assert r["epochs_to"] == first
         assert f"| {r['rule']} | {100 * r['test_accuracy']:.2f} |" in table
     assert any(r["epochs_to"] is not None for r in saved)  # synthetic data: reached early
+    # Re-run with another learning rate: refused, never the old table.
+    again = _run("experiments.compare", "configs/fmnist_mlp.py:smoke", tmp_path,
+                 "--rules=rec_lra,bp", "--config.optim.lr=1e-2", "--config.num_epochs=3")
+    assert again.returncode == 1
+    assert "optim.lr: 0.003 -> 0.01" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_benchmark_times_every_rule_of_the_family():
+    proc = _run("experiments.benchmark_step", "configs/fmnist_mlp.py:smoke", None,
+                "--steps=2", "--repeats=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith(("| rule", "| ---"))]
+    assert rows == ["rec_lra", "lra_e", "bp", "fa", "dfa"]

@@ -1,4 +1,4 @@
-"""The training loop: convergence, sharding, checkpoint kill-and-resume, results, errors."""
+"""The training loop: convergence, frozen outputs, sharding, fused steps, metrics, resume."""
 
 import glob
 import json
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,20 +17,31 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from configs import fmnist_mlp
-from rec_lra_jax import checkpoints, input_pipeline, rules, train
+from configs import fmnist_mlp, fmnist_resnet18
+from rec_lra_jax import (
+    builder,
+    checkpoints,
+    input_pipeline,
+    metrics,
+    rules,
+    sources,
+    steps,
+    train,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FROZEN = os.path.join(REPO, "tests", "fixtures", "loop_v0.json")
 
 
-def smoke_config(**overrides):
-    config = fmnist_mlp.get_config("smoke")
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+def smoke_config(module=fmnist_mlp, **overrides):
+    config = module.get_config("smoke")
+    with config.unlocked():
+        for key, value in overrides.items():
+            node = config
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
     return config
 
 
@@ -40,55 +52,74 @@ def test_toy_convergence(tmp_path, rule):
     assert results["test_accuracy"] > 0.9, results
 
 
+@pytest.mark.parametrize("name,module,rule,epochs", [
+    ("mlp_rec_lra", fmnist_mlp, "rec_lra", 2), ("mlp_bp", fmnist_mlp, "bp", 2),
+    ("mlp_dfa", fmnist_mlp, "dfa", 2), ("resnet_rec_lra", fmnist_resnet18, "rec_lra", 1),
+    ("resnet_bp", fmnist_resnet18, "bp", 1)])
+def test_loop_reproduces_the_first_release(tmp_path, name, module, rule, epochs):
+    """The single loop equals the first release's loop on the same configs (frozen)."""
+    # Sharding over 8 fake devices changes reduction orders, so each count has its outputs.
+    frozen = json.load(open(FROZEN))[str(jax.device_count())][name]
+    results = train.train_and_evaluate(smoke_config(module, rule=rule, num_epochs=epochs),
+                                       str(tmp_path))
+    for key, value in frozen["results"].items():
+        assert results[key] == pytest.approx(value, rel=1e-6), key
+    records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert len(records) == len(frozen["metrics"])
+    for got, want in zip(records, frozen["metrics"], strict=True):
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-6), (key, got, want)
+
+
 def test_results_and_metrics_files(tmp_path):
     config = smoke_config(**{"diagnostics.cosine": True})
     results = train.train_and_evaluate(config, str(tmp_path))
     with open(tmp_path / "results.json") as f:
         on_disk = json.load(f)
     assert on_disk == results
-    for key in ("rule", "dataset", "model", "epochs", "test_accuracy", "best_val_accuracy",
-                "train_seconds"):
+    for key in ("rule", "dataset", "model", "epochs", "test_accuracy", "test_top5",
+                "best_val_accuracy", "best_step", "train_seconds"):
         assert key in on_disk
     assert on_disk["model"] == "mlp-784-32-32-32-10" and on_disk["steps"] == 32
-    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    lines = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert [r["epoch"] for r in lines] == [1, 2]
-    assert {"cosine/layer_00", "cosine/layer_03"} <= set(lines[-1])
+    assert {"cosine/layer_00", "cosine/layer_03", "lr", "val_top5"} <= set(lines[-1])
     assert lines[-1]["cosine/layer_03"] > 0.99  # the output layer's delta is its gradient
+    best = max(lines, key=lambda r: r["val_accuracy"])
+    assert on_disk["best_step"] == best["step"]
+    assert on_disk["best_val_accuracy"] == best["val_accuracy"]
+    saved = json.load(open(tmp_path / "config.json"))
+    assert saved["config"]["optim"]["lr"] == config.optim.lr
+    assert saved["resolved"]["steps_per_epoch"] == 16
 
 
-def _smoke_step_inputs():
-    """A fresh rec-LRA smoke state, the synthetic train split, 3 batches, the step kwargs."""
+def _smoke_setup(**kwargs):
+    """A rec-LRA smoke setup, the synthetic train split on device, and 3 batches of 32."""
     config = smoke_config()
-    data = input_pipeline.synthetic_dataset()
-    model = train.make_model(config.model, 10)
-    rule = train.make_rule("rec_lra", config.lra)
-    tx = train.make_optimizer(config.optim, total_steps=10, learn_feedback=True)
-    state = train.create_train_state(jax.random.key(0), model, rule, tx, (1, 28, 28, 1))
-    x, y = jnp.asarray(data.train.images), jnp.asarray(data.train.labels)
-    batches = jnp.arange(3 * 32).reshape(3, 32)
-    kwargs = dict(model=model, rule=rule, tx=tx, key=jax.random.key(1), noise_std=0.1,
-                  num_classes=10)
-    return state, x, y, batches, kwargs
+    setup = builder.create_setup(config, input_shape=(28, 28, 1), num_classes=10,
+                                 total_steps=10, donate=False, **kwargs)
+    raw = input_pipeline.synthetic_arrays((28, 28, 1), 10, seed=0)["train"]
+    data = (jnp.asarray(raw[0]), jnp.asarray(raw[1]))
+    return setup, data, jnp.arange(3 * 32).reshape(3, 32)
 
 
 def test_sharded_train_step_equals_unsharded():
-    state, x, y, batches, kwargs = _smoke_step_inputs()
     mesh = jax.make_mesh((8,), ("data",), (jax.sharding.AxisType.Auto,))
-    ref, _ = jax.jit(lambda s: train.train_steps(s, x, y, batches, **kwargs))(state)
-    got, _ = jax.jit(lambda s: train.train_steps(
-        s, x, y, batches, sharding=NamedSharding(mesh, P("data")), **kwargs))(state)
+    ref_setup, data, batches = _smoke_setup()
+    got_setup, _, _ = _smoke_setup(sharding=NamedSharding(mesh, P("data")))
+    ref, _ = ref_setup.train_fn(ref_setup.state, data, batches)
+    got, _ = got_setup.train_fn(got_setup.state, data, batches)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), ref, got)
-    assert train.data_mesh_sharding(32) is not None and train.data_mesh_sharding(30) is None
+    assert steps.data_mesh_sharding(32) is not None and steps.data_mesh_sharding(30) is None
 
 
 def test_single_step_calls_equal_the_fused_scan():
     # steps_per_call=1 takes the loop-free path (ResNets on CPU); it must be the same step.
-    state, x, y, batches, kwargs = _smoke_step_inputs()
-    step = jax.jit(lambda s, b: train.train_steps(s, x, y, b, **kwargs))
-    fused, fused_metrics = step(state, batches)
-    single, losses = state, []
+    setup, data, batches = _smoke_setup()
+    fused, fused_metrics = setup.train_fn(setup.state, data, batches)
+    single, losses = setup.state, []
     for k in range(3):
-        single, m = step(single, batches[k:k + 1])
+        single, m = setup.train_fn(single, data, batches[k:k + 1])
         assert m["loss"].shape == (1,)
         losses.append(m["loss"][0])
     assert int(single.step) == 3
@@ -97,9 +128,62 @@ def test_single_step_calls_equal_the_fused_scan():
                  fused, single)
 
 
-def _run_entry_point(workdir, *extra, wait=True, config="configs/fmnist_mlp.py:smoke"):
-    cmd = [sys.executable, "-m", "experiments.fashion_mnist", f"--config={config}",
-           f"--workdir={workdir}", *extra]
+def test_streamed_batches_equal_resident_indices():
+    # The two batch forms of train_steps (indices into resident data, or arrays) agree.
+    setup, data, batches = _smoke_setup()
+    ref, ref_m = setup.train_fn(setup.state, data, batches)
+    streamed = (data[0][batches], data[1][batches])
+    got, got_m = setup.train_fn(setup.state, None, streamed)
+    np.testing.assert_array_equal(ref_m["loss"], got_m["loss"])
+    jax.tree.map(np.testing.assert_array_equal, ref, got)
+
+
+class _ZeroLogits(nn.Module):
+    """A fake model: logits are zeros, so every loss is log(classes) and argmax is class 0."""
+
+    features: tuple = (10,)
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        del train
+        w = self.param("w", nn.initializers.ones, (1,))
+        return {"logits": jnp.zeros((x.shape[0], self.features[-1])) * w}
+
+
+def _zero_rule():
+    def deltas(params, feedback, x, labels, *, model, batch_stats=None):
+        logits = model.apply({"params": params}, x)["logits"]
+        return ({"params": jax.tree.map(jnp.zeros_like, params), "feedback": {}},
+                {"logits": logits})
+    return rules.UpdateRule(lambda key, params, **_: {}, deltas)
+
+
+def test_trainer_aggregates_metrics_exactly(tmp_path, monkeypatch):
+    """With a fake model the epoch records are known in closed form (scenic-style test)."""
+    monkeypatch.setattr(builder, "create_model", lambda config, n, rule=None: _ZeroLogits((n,)))
+    monkeypatch.setattr(builder, "create_rule", lambda config, rule=None: _zero_rule())
+    config = smoke_config(input_noise=0.0)
+    train.train_and_evaluate(config, str(tmp_path))
+    raw = input_pipeline.synthetic_arrays((28, 28, 1), 10, seed=0)
+    train_labels, val_labels = raw["train"][1], raw["val"][1]
+    records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    log10 = float(jnp.float32(np.log(10.0)))
+    for epoch, record in enumerate(records):
+        order = input_pipeline.epoch_permutation(0, epoch, 512)[:512].reshape(16, 32)
+        per_step = [float(np.mean(train_labels[b] == 0)) for b in order]
+        expected = 0.0
+        for a in per_step:
+            expected += a
+        assert record["train_accuracy"] == expected / 16
+        assert record["train_loss"] == pytest.approx(log10, rel=1e-6)  # float32 batch mean
+        assert record["val_accuracy"] == float(np.mean(val_labels == 0))
+        assert record["val_loss"] == pytest.approx(log10, rel=1e-6)
+        assert record["step"] == 16 * (epoch + 1)
+
+
+def _run_entry_point(workdir, *extra, wait=True, config="configs/fmnist_mlp.py:smoke",
+                     module="experiments.fashion_mnist"):
+    cmd = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}", *extra]
     if wait:
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,31 +195,48 @@ def _finalized_checkpoints(workdir):
     return [d for d in os.listdir(directory) if d.isdigit()] if directory.exists() else []
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+# The in-memory entry point, and a streaming source (grain pipeline over the same data).
+KILL_RUNS = {
+    "in_memory": dict(),
+    "streaming": dict(module="tests.streaming_run"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KILL_RUNS))
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, kind):
     epochs = "--config.num_epochs=12"
-    reference = _run_entry_point(tmp_path / "ref", epochs)
+    reference = _run_entry_point(tmp_path / "ref", epochs, **KILL_RUNS[kind])
     assert reference.returncode == 0, reference.stderr[-2000:]
-    proc = _run_entry_point(tmp_path / "killed", epochs, wait=False)
+    proc = _run_entry_point(tmp_path / "killed", epochs, wait=False, **KILL_RUNS[kind])
     deadline = time.time() + 300
     while not _finalized_checkpoints(tmp_path / "killed") and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed/results.json").exists(), "run ended before it was killed"
-    resumed = _run_entry_point(tmp_path / "killed", epochs)
+    resumed = _run_entry_point(tmp_path / "killed", epochs, **KILL_RUNS[kind])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     ref = json.load(open(tmp_path / "ref/results.json"))
     got = json.load(open(tmp_path / "killed/results.json"))
     assert got["resumed_from_step"] > 0
-    epochs = [json.loads(x)["epoch"] for x in open(tmp_path / "killed/metrics.jsonl")]
-    assert epochs == list(range(1, 13))  # no epoch logged twice across the kill
-    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "steps"):
+    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "best_step", "steps"):
         assert got[key] == pytest.approx(ref[key], rel=1e-5), key
+    # The resumed metrics.jsonl equals the uninterrupted one (wall times aside), the
+    # interrupted epoch's training averages included.
+    ref_lines = metrics.read_jsonl(str(tmp_path / "ref/metrics.jsonl"))
+    got_lines = metrics.read_jsonl(str(tmp_path / "killed/metrics.jsonl"))
+    assert [r["epoch"] for r in got_lines] == list(range(1, 13))
+    for a, b in zip(ref_lines, got_lines, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key != "train_seconds":
+                assert b[key] == pytest.approx(a[key], rel=1e-5), (key, a, b)
 
 
 def test_corrupt_checkpoint_fails_clearly_and_keeps_files(tmp_path):
     config = smoke_config()
     train.train_and_evaluate(config, str(tmp_path))
+    os.remove(tmp_path / "results.json")  # otherwise the finished run is simply reported
     latest = max(glob.glob(str(tmp_path / "checkpoints/[0-9]*")), key=os.path.getmtime)
     for path in glob.glob(os.path.join(latest, "state", "**", "*"), recursive=True):
         if os.path.isfile(path):
@@ -147,41 +248,32 @@ def test_corrupt_checkpoint_fails_clearly_and_keeps_files(tmp_path):
     assert sorted(glob.glob(str(tmp_path / "**"), recursive=True)) == before
 
 
-def test_every_config_loads():
+def test_every_config_loads_and_validates():
     for path in glob.glob(os.path.join(REPO, "configs", "*.py")):
         name = os.path.basename(path)[:-3]
-        if name == "__init__":
+        if name in ("__init__", "base"):
             continue
         module = __import__(f"configs.{name}", fromlist=["get_config"])
         args = [None, "smoke"] + [a for a in ("demo", "full") if f"`{a}`" in module.__doc__]
         for arg in args:
             config = module.get_config(arg)
-            assert config.rule in rules.RULES
-            train.make_rule(config.rule, config.lra, config.model.name)
+            builder.validate(config)
+            for rule in builder.rules_for(config):
+                builder.create_rule(config, rule)
+            assert config.dataset in sources.DATASETS
         with pytest.raises(ValueError, match="Unknown config argument"):
             module.get_config("huge")
 
 
-def test_bad_config_values_and_keys(tmp_path):
-    with pytest.raises(ValueError, match="Unknown rule"):
-        train.make_rule("hebb", smoke_config().lra)
-    with pytest.raises(ValueError, match="Unknown optimizer"):
-        train.make_optimizer(smoke_config(**{"optim.name": "lion"}).optim, total_steps=1,
-                             learn_feedback=True)
-    proc = _run_entry_point(tmp_path, "--config.optim.lrr=0.1")
-    assert proc.returncode != 0 and "lrr" in proc.stderr
-    proc = _run_entry_point(tmp_path, "--config.data.dir=/nonexistent/fmnist",
-                            config="configs/fmnist_mlp.py")
-    assert proc.returncode != 0 and "does not exist" in proc.stderr
-    proc = _run_entry_point(tmp_path, "--config.data.dir=/some/dir")
-    assert proc.returncode != 0 and "dataset is 'synthetic'" in proc.stderr
-
-
-def test_progress_lines_within_an_epoch(tmp_path):
-    proc = _run_entry_point(tmp_path, "--config.log_every_steps=5")
+def test_progress_lines_report_rate_compile_time_and_eta(tmp_path):
+    proc = _run_entry_point(tmp_path, "--config.log_every_steps=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = re.findall(r"step (\d+)/32: train_loss [0-9.]+, [0-9.]+ steps/s", proc.stderr)
-    assert len(lines) >= 4 and all(int(a) < int(b) for a, b in zip(lines, lines[1:], strict=False))
+    lines = re.findall(r"step (\d+)/32 \(epoch \d\): train_loss [0-9.]+, ([0-9.]+|nan) steps/s, "
+                       r"compile ([0-9.]+) s, epoch ETA [0-9:?]+, run ETA [0-9:?]+", proc.stderr)
+    numbers = [int(line[0]) for line in lines]
+    assert len(numbers) >= 6 and numbers == sorted(set(numbers))
+    assert float(lines[-1][2]) > 0  # compilation is reported apart from the rate
+    assert float(lines[-1][1]) > 0
     quiet = _run_entry_point(tmp_path / "quiet")
     assert quiet.returncode == 0 and "steps/s" not in quiet.stderr
 
@@ -189,20 +281,16 @@ def test_progress_lines_within_an_epoch(tmp_path):
 @pytest.mark.parametrize("rule", ["rec_lra", "bp", "fa", "dfa", "sign_symmetry"])
 def test_resnet_rules_in_the_training_loop(tmp_path, rule):
     """Every rule trains a (tiny) ResNet through the same loop, BatchNorm stats included."""
-    from configs import fmnist_resnet18
-
-    config = fmnist_resnet18.get_config("smoke")
-    with config.unlocked():
-        config.rule, config.num_epochs = rule, 1
+    config = smoke_config(fmnist_resnet18, rule=rule, num_epochs=1)
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["model"] == "resnet18-w4-cifar" and results["steps"] == 16
     assert np.isfinite(results["test_loss"])
-    assert checkpoints.manager(str(tmp_path)).latest_step() == 16
+    assert checkpoints.manager(str(tmp_path / "checkpoints")).latest_step() == 16
 
 
 def test_crop_flip_is_a_shifted_or_flipped_crop():
     images = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1) + 1
-    out = train.crop_flip(jax.random.key(0), images, pad=2)
+    out = steps.crop_flip(jax.random.key(0), images, pad=2)
     assert out.shape == images.shape
     padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
     for i in range(2):

@@ -1,0 +1,97 @@
+r"""The shared base config: every key, its default and what it means.
+
+`get_config("mlp")` or `get_config("resnet")` returns the keys every run reads plus the
+groups of that model family; the dataset configs import it and override a few fields.
+Valid ranges, choices and which rule, model or data source reads each key are checked
+before anything compiles (`rec_lra_jax/config_schema.py`): a key the run would not read,
+or a value out of range, is an error that names it. Counts in epochs are resolved to steps
+at run time from the dataset size and batch size.
+"""
+
+import ml_collections
+
+
+def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.dataset = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | imagenet2012
+    # MLP: rec_lra | lra_e | bp | fa | dfa; ResNet: rec_lra | bp | fa | dfa | sign_symmetry
+    config.rule = "rec_lra"
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "auto"  # auto | idx | cifar | folder | tfds | synthetic
+    config.data.dir = ""  # IDX files, CIFAR-10 batches or an image-folder tree (train/, test/)
+    config.data.download = False  # let tfds download when no local copy exists (network)
+    config.data.tfds_data_dir = ""  # tfds's data_dir; empty: ~/tensorflow_datasets
+    config.data.val_size = 0  # validation examples from the end of train; 0: the standard split
+    config.data.workers = 2  # grain worker processes (image folders, streaming datasets)
+    config.data.cache_dir = ""  # decoded image-folder cache; empty: ~/.cache/rec_lra_jax
+    config.data.image_size = 0  # crop size of streaming datasets (ImageNet); 0: 224
+    config.data.synthetic_size = 512  # training records of source=synthetic (streaming)
+
+    config.lra = ml_collections.ConfigDict()  # the local rules' options (docs/algorithm)
+    config.lra.beta = 0.1  # target nudge
+    config.lra.gamma = 1.0  # error-synapse rate
+    config.lra.depth = 2  # recursion depth (ResNets: 1 or 2)
+    config.lra.feedback_rule = "kp"  # kp | fixed (MLPs also error_displacement)
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adamw"  # adamw | sgd
+    config.optim.lr = 1e-3
+    config.optim.weight_decay = 1e-4
+    config.optim.momentum = 0.9  # sgd only
+    config.optim.schedule = "cosine"  # constant | cosine
+    config.optim.final_lr_frac = 0.0  # cosine only: final lr / lr
+    config.optim.clip_norm = 1.0  # per-tensor re-projection radius c; 0 disables
+
+    config.batch_size = 50
+    config.eval_batch_size = 1000
+    config.num_epochs = 100
+    config.input_noise = 0.1  # sigma of additive Gaussian noise on training inputs
+    config.augment = "none"  # none | crop_flip (in-memory images: pad-4 crop + flip)
+    config.steps_per_call = 100  # train steps fused into one jitted lax.scan call
+    config.log_every_steps = 0  # progress line and TensorBoard scalars every N steps; 0: off
+    config.checkpoint_every_epochs = 1.0  # also at the end; fractions checkpoint mid-epoch
+    config.keep_checkpoints = 2  # newest checkpoints kept; the best one is kept besides
+    config.on_nonfinite = "stop"  # stop | skip (optax.apply_if_finite)
+    config.max_consecutive_skips = 10  # skip only: consecutive non-finite steps before stopping
+
+    config.diagnostics = ml_collections.ConfigDict()
+    config.diagnostics.cosine = False  # per-layer cos(rule delta, backprop gradient) per epoch
+
+    if family == "mlp":
+        config.model = ml_collections.ConfigDict()
+        config.model.name = "mlp"
+        config.model.hidden = (256, 256, 256)
+        config.model.activation = "tanh"  # tanh | relu | leaky_relu | sigmoid | identity
+        config.model.residual_gap = 0  # g; 0: no forward residual connections
+        config.model.init = "lra_e"  # lra_e | unit | he | lecun
+        config.lra.module_size = 2  # m: error skips every m layers (rec_lra)
+        config.lra.error_unit = "l2"  # l2 | mixed | cauchy
+        config.lra.alpha_skip = 1.0  # mixed units at skip endpoints; paper preset 0.19
+        config.lra.alpha_adjacent = 1.0  # mixed units at adjacent endpoints; paper preset 0.24
+        config.lra.feedback_init = "lra_e"  # lra_e | unit | he | lecun
+        config.lra.dx = False  # ablation: multiply errors by phi' in the weight update
+        config.lra.baseline_feedback_init = "lecun"  # fa / dfa feedback matrices
+    elif family == "resnet":
+        config.model = ml_collections.ConfigDict()
+        config.model.name = "resnet"
+        config.model.depth = 18  # 18 | 34 | 50
+        config.model.width = 64  # channels of the first stage
+        config.model.stem = "cifar"  # cifar (3x3) | imagenet (7x7/2 + max-pool)
+        config.model.use_bn = True
+        config.model.bn_affine = True
+        config.model.init = "he"  # lra_e | unit | he | lecun
+        config.lra.skip_source = "dense"  # dense | channel | head
+        config.lra.bn_error = "jacobian"  # jacobian | output | scaled
+        config.lra.feedback_scale = 1.0  # synapse std = scale * sqrt(2 / fan_in)
+        config.lra.head_last = True  # the last block driven through the head
+        config.optim.lr = 3e-3
+        config.optim.weight_decay = 0.05
+        config.batch_size = 128
+        config.eval_batch_size = 500
+        config.steps_per_call = 1  # XLA:CPU runs convs ~10x slower inside a scan body
+        config.log_every_steps = 100
+    else:
+        raise ValueError(f"Unknown model family {family!r}; choose 'mlp' or 'resnet'.")
+    return config

@@ -1,0 +1,50 @@
+"""What every command-line entry point shares: flag parsing and one-line user errors.
+
+Errors a user can fix (a bad config key or value, missing or corrupt data, a workdir made
+with another config, a corrupt checkpoint, a diverged run) end the process with exit code
+1 and one message, not a traceback. This module defines no flags.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rec_lra_jax import checkpoints, config_schema, input_pipeline, rundir, train
+
+FLAGS = flags.FLAGS
+USER_ERRORS = (config_schema.ConfigError, input_pipeline.DataError, rundir.ConfigChangedError,
+               checkpoints.CheckpointError, train.NonFiniteError)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a mistyped config key reported as one line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of an unknown key
+        keys = [a.split("=")[0].lstrip("-") for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(f"error: unknown config key {e} among {keys}; configs/base.py lists every "
+                 f"key.")
+
+
+def overridden() -> set[str]:
+    """The config keys set on the command line (--config.a.b=...)."""
+    return set(config_flags.get_override_values(FLAGS["config"]))
+
+
+def run_main(main) -> None:
+    """app.run(main) with `parse_flags`, and USER_ERRORS turned into one-line exits."""
+
+    def wrapped(argv):
+        # Orbax logs every save step by step at INFO; keep the progress lines readable.
+        logging.get_absl_handler().addFilter(lambda r: "orbax" not in r.pathname)
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        try:
+            main(argv)
+        except USER_ERRORS as e:
+            sys.exit(f"error: {e}")
+
+    app.run(wrapped, flags_parser=parse_flags)

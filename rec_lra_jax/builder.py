@@ -1,0 +1,269 @@
+"""Turns a config into a run: the only code below `experiments/` that reads a ConfigDict.
+
+  validate(config, rules=..., overridden=...)   a ConfigError listing every problem
+  create_data(config, shard=...)                the train / val / test batch sources
+  create_model(config, num_classes, rule)       the flax module
+  create_rule(config, rule)                     the update rule
+  create_optimizer(config, total_steps, rule)   the optax chain
+  create_train_state(key, model, rule, tx, input_shape)
+  create_setup(config, ...)                     all of these plus the jitted steps
+
+Every entry point (training, compare, certify, benchmark) and the tests build through
+these functions, so a step is built one way only.
+"""
+
+import functools
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from rec_lra_jax import (
+    config_schema,
+    diagnostics,
+    models,
+    resnet,
+    resnet_rules,
+    rules,
+    sources,
+    steps,
+    transforms,
+)
+from rec_lra_jax.config_schema import ConfigError
+
+RULES = tuple(dict.fromkeys(config_schema.MLP_RULES + config_schema.RESNET_RULES))
+# What autodiff sends back through a ResNet's layers under each rule (resnet.ResNet.backward).
+RESNET_BACKWARD = {"fa": "fa", "sign_symmetry": "sign"}
+
+
+def rules_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The rules that can train config's model family."""
+    return config_schema.FAMILY_RULES[config.model.name]
+
+
+def validate(config: ml_collections.ConfigDict, *, rules_run=None, overridden=()) -> None:
+    """Raises ConfigError naming every key out of range or without effect (see config_schema).
+
+    Args:
+      rules_run: the rules this config will train (default: config.rule); `compare` passes
+        all of its rules, so rule options read by any of them are valid.
+      overridden: keys set on the command line; only these are checked for having no
+        effect under the chosen rule, source or option.
+    """
+    flat = config_schema.flatten(config.to_dict())
+    problems = config_schema.check(flat, rules_run=rules_run, overridden=set(overridden))
+    if problems:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def create_data(config: ml_collections.ConfigDict, shard=(0, 1)) -> sources.Data:
+    """The dataset's train / val / test sources (`sources.create_data`) from config.data."""
+    d = config.data
+    return sources.create_data(
+        config.dataset, source=d.source, data_dir=expand(d.dir), download=d.download,
+        tfds_data_dir=expand(d.tfds_data_dir), val_size=d.val_size, workers=d.workers,
+        cache_dir=expand(d.cache_dir), image_size=d.image_size, seed=config.seed,
+        synthetic_size=d.synthetic_size, shard=shard)
+
+
+def expand(path: str) -> str:
+    """A user path with ~ and $VARS expanded ("" stays "")."""
+    return os.path.expandvars(os.path.expanduser(path)) if path else ""
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, rule: str | None = None):
+    """The model named by config.model ("mlp" or "resnet"), built for `rule`."""
+    m, rule = config.model, rule or config.rule
+    if m.name == "mlp":
+        return models.MLP(features=(*m.hidden, num_classes), activation=m.activation,
+                          residual_gap=m.residual_gap, init_scheme=m.init)
+    return resnet.resnet(m.depth, num_classes=num_classes, width=m.width, stem=m.stem,
+                         use_bn=m.use_bn, bn_affine=m.bn_affine, init_scheme=m.init,
+                         backward=RESNET_BACKWARD.get(rule, "exact"))
+
+
+def create_rule(config: ml_collections.ConfigDict, rule: str | None = None) -> rules.UpdateRule:
+    """The update rule `rule` (default config.rule) with the options in config.lra."""
+    rule, lra = rule or config.rule, config.lra
+    if rule not in rules_for(config):
+        raise ConfigError(f"rule={rule!r} is unknown for {config.model.name} models; choose one "
+                          f"of {rules_for(config)}.")
+    if config.model.name == "resnet":
+        factories = {
+            "rec_lra": lambda: resnet_rules.resnet_rec_lra(
+                beta=lra.beta, gamma=lra.gamma if lra.feedback_rule == "kp" else 0.0,
+                skip_source=lra.skip_source, bn_error=lra.bn_error,
+                feedback_scale=lra.feedback_scale, head_last=lra.head_last, depth=lra.depth),
+            "bp": lambda: resnet_rules.resnet_autodiff("exact"),
+            "fa": lambda: resnet_rules.resnet_autodiff("fa"),
+            "sign_symmetry": lambda: resnet_rules.resnet_autodiff("sign"),
+            "dfa": lambda: resnet_rules.resnet_dfa(feedback_scale=lra.feedback_scale),
+        }
+        return factories[rule]()
+    local = dict(beta=lra.beta, gamma=lra.gamma, error_unit=lra.error_unit,
+                 alpha_skip=lra.alpha_skip, alpha_adjacent=lra.alpha_adjacent,
+                 feedback_rule=lra.feedback_rule, feedback_init=lra.feedback_init, dx=lra.dx)
+    factories = {
+        "rec_lra": lambda: rules.rec_lra(module_size=lra.module_size, depth=lra.depth, **local),
+        "lra_e": lambda: rules.lra_e(**local),
+        "bp": rules.backprop,
+        "fa": lambda: rules.feedback_alignment(feedback_init=lra.baseline_feedback_init),
+        "dfa": lambda: rules.direct_feedback_alignment(feedback_init=lra.baseline_feedback_init),
+    }
+    return factories[rule]()
+
+
+def feedback_is_learned(config: ml_collections.ConfigDict, rule: str | None = None) -> bool:
+    """Whether the rule's error synapses are trained (and so get an optimizer)."""
+    return rules.feedback_is_learned(rule or config.rule, config.lra.feedback_rule)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int,
+                     rule: str | None = None) -> optax.GradientTransformation:
+    """The optax chain for {"params", "feedback"} deltas, from config.optim.
+
+    Per-tensor re-projection (the paper's update re-projection), then AdamW or SGD with the
+    schedule; error synapses share the chain when they learn and are frozen (set_to_zero)
+    otherwise. With on_nonfinite="skip" the chain skips non-finite updates
+    (`optax.apply_if_finite`).
+    """
+    o, lr = config.optim, learning_rate(config, total_steps)
+    if o.name == "adamw":
+        opt = optax.adamw(lr, weight_decay=o.weight_decay)
+    else:
+        opt = optax.chain(optax.add_decayed_weights(o.weight_decay),
+                          optax.sgd(lr, momentum=o.momentum or None))
+    tx = optax.chain(transforms.clip_by_tensor_norm(o.clip_norm), opt) if o.clip_norm else opt
+    if not feedback_is_learned(config, rule):
+        tx = optax.partition({"learn": tx, "freeze": optax.set_to_zero()},
+                             {"params": "learn", "feedback": "freeze"})
+    if config.on_nonfinite == "skip":
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_consecutive_skips)
+    return tx
+
+
+def learning_rate(config: ml_collections.ConfigDict, total_steps: int):
+    """The learning-rate schedule of config.optim: step -> lr."""
+    o = config.optim
+    if o.schedule == "cosine":
+        return optax.cosine_decay_schedule(o.lr, max(total_steps, 1), o.final_lr_frac)
+    return optax.constant_schedule(o.lr)
+
+
+def create_train_state(key, model, rule, tx, input_shape) -> steps.TrainState:
+    """Fresh parameters, BatchNorm statistics, error synapses and optimizer state."""
+    x = jnp.zeros(input_shape)
+    variables = model.init(jax.random.fold_in(key, 0), x, train=False)
+    params = variables["params"]
+    feedback = rule.init(jax.random.fold_in(key, 1), params, model=model, x=x)
+    opt_state = tx.init({"params": params, "feedback": feedback})
+    return steps.TrainState(jnp.asarray(0, jnp.int32), params, feedback, opt_state,
+                            dict(variables.get("batch_stats", {})))
+
+
+class Setup(NamedTuple):
+    """A built run: the pieces and the jitted steps the loop, benchmarks and tests call."""
+
+    model: Any
+    rule: rules.UpdateRule
+    tx: optax.GradientTransformation
+    state: steps.TrainState  # the initial state (seeded by config.seed)
+    step_kwargs: dict  # keyword arguments of steps.train_step
+    train_fn: Any  # jit(train_steps)(state, data, batches), donating the state
+    eval_fn: Any  # jit(eval_step)(params, batch_stats, images, labels)
+
+
+def create_setup(config: ml_collections.ConfigDict, *, input_shape, num_classes: int,
+                 total_steps: int, rule: str | None = None, normalization: str = "unit",
+                 sharding=None, donate: bool = True) -> Setup:
+    """Model, rule, optimizer, initial state and jitted steps for `rule` (default config.rule)."""
+    model = create_model(config, num_classes, rule)
+    update_rule = create_rule(config, rule)
+    tx = create_optimizer(config, total_steps=total_steps, rule=rule)
+    key = jax.random.key(config.seed)
+    state = create_train_state(key, model, update_rule, tx, (1, *input_shape))
+    step_kwargs = dict(model=model, rule=update_rule, tx=tx, key=jax.random.fold_in(key, 2),
+                       noise_std=config.input_noise, num_classes=num_classes,
+                       sharding=sharding, augment=config.augment, normalization=normalization)
+    train_fn = jax.jit(functools.partial(steps.train_steps, **step_kwargs),
+                       donate_argnums=(0,) if donate else ())
+    eval_fn = jax.jit(functools.partial(steps.eval_step, model=model,
+                                        normalization=normalization))
+    return Setup(model, update_rule, tx, state, step_kwargs, train_fn, eval_fn)
+
+
+def describe_model(config: ml_collections.ConfigDict, input_shape, num_classes: int) -> str:
+    """A short model name for results: "mlp-784-256-256-256-10", "resnet18-w64-cifar"."""
+    m = config.model
+    if m.name == "resnet":
+        return f"resnet{m.depth}-w{m.width}-{m.stem}" + ("" if m.use_bn else "-nobn")
+    widths = (int(np.prod(input_shape)), *m.hidden, num_classes)
+    name = "mlp-" + "-".join(str(w) for w in widths)
+    return name + (f"-res{m.residual_gap}" if m.residual_gap else "")
+
+
+def certify_config(config: ml_collections.ConfigDict, *, batch_size: int = 2,
+                   input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
+                   rule: rules.UpdateRule | None = None):
+    """The weight-transport certificate (`certify.certify_step`) of config's train step.
+
+    Builds the step exactly as training does, on zero inputs of the dataset's image shape
+    (or `input_shape`); no data is read. `rule` replaces config.rule's rule (to certify
+    your own rule inside the standard step).
+    """
+    from rec_lra_jax import certify  # noqa: PLC0415 - only this entry point needs it
+
+    info = sources.DATASETS[config.dataset]
+    shape = input_shape or info.image_shape
+    if input_shape is None and info.streaming and config.data.image_size:
+        shape = (config.data.image_size, config.data.image_size, shape[-1])
+    setup = create_setup(config, input_shape=shape, num_classes=num_classes or info.num_classes,
+                         total_steps=100, normalization=info.normalization, donate=False)
+    update_rule = rule or setup.rule
+    state = create_train_state(jax.random.key(0), setup.model, update_rule, setup.tx,
+                               (1, *shape))
+    images = jnp.zeros((batch_size, *shape))
+    labels = jnp.zeros((batch_size,), jnp.int32)
+
+    def forward(params, x):
+        return setup.model.apply(steps.model_variables(params, state.batch_stats), x,
+                                 train=False)
+
+    step = functools.partial(steps.train_step, **dict(setup.step_kwargs, rule=update_rule))
+    return certify.certify_step(step, state, images, labels, forward_fn=forward)
+
+
+class Plan(NamedTuple):
+    """The training loop's settings, as plain values."""
+
+    dataset: str
+    rule: str
+    seed: int
+    batch_size: int
+    eval_batch_size: int
+    num_epochs: int
+    steps_per_call: int
+    log_every_steps: int
+    checkpoint_every_epochs: float
+    keep_checkpoints: int
+    cosine: bool
+    config: dict  # the whole config as plain data, for config.json
+
+
+def create_plan(config: ml_collections.ConfigDict) -> Plan:
+    return Plan(config.dataset, config.rule, config.seed, config.batch_size,
+                config.eval_batch_size, config.num_epochs, config.steps_per_call,
+                config.log_every_steps, config.checkpoint_every_epochs, config.keep_checkpoints,
+                config.diagnostics.cosine, config.to_dict())
+
+
+def create_cosine_fn(config: ml_collections.ConfigDict, setup: Setup, num_classes: int,
+                     normalization: str = "unit"):
+    """Jitted per-layer cosine between the rule's kernel deltas and the backprop gradient."""
+    return diagnostics.make_cosine_fn(
+        setup.model, setup.rule, create_model(config, num_classes, "bp"),
+        create_rule(config, "bp"), num_classes=num_classes, normalization=normalization)

@@ -1,0 +1,240 @@
+"""The config's keys as data: valid values, and which model, rule or data source reads each.
+
+`check(flat, ...)` returns every problem of a flattened config as one line each; the
+builder raises them together as a `ConfigError` before anything is compiled. Three kinds:
+- out of range: "optim.lr=-1.0 is out of range: must be a finite number > 0";
+- a key of the other model family: "lra.module_size has no effect on ResNets";
+- a key the chosen rule, source or option does not read, when set on the command line:
+  "lra.beta=0.5 has no effect: it is read only by rules rec_lra, lra_e (rule is 'bp')".
+  (A config file may carry options for every rule it can run; only overrides are checked.)
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+
+class ConfigError(ValueError):
+    """A config with keys that do nothing or values out of range."""
+
+
+class Check(NamedTuple):
+    ok: Callable[[Any], bool]
+    text: str  # what a valid value is
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(lo: int, hi: int | None = None) -> Check:
+    text = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    return Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v
+                 and (hi is None or v <= hi), text)
+
+
+def number(lo: float, *, strict: bool = False, hi: float | None = None,
+           strict_hi: bool = False) -> Check:
+    low = f"> {lo}" if strict else f">= {lo}"
+    high = "" if hi is None else f" and {'<' if strict_hi else '<='} {hi}"
+    return Check(lambda v: _number(v) and (v > lo if strict else v >= lo) and (
+        hi is None or (v < hi if strict_hi else v <= hi)), f"a finite number {low}{high}")
+
+
+def choice(*options) -> Check:
+    return Check(lambda v: v in options, f"one of {', '.join(map(repr, options))}")
+
+
+BOOL = Check(lambda v: isinstance(v, bool), "True or False")
+TEXT = Check(lambda v: isinstance(v, str), "a string")
+WIDTHS = Check(lambda v: isinstance(v, tuple | list) and len(v) > 0 and all(
+    isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in v),
+    "a non-empty tuple of integers >= 1")
+
+MLP_RULES = ("rec_lra", "lra_e", "bp", "fa", "dfa")
+RESNET_RULES = ("rec_lra", "bp", "fa", "dfa", "sign_symmetry")
+FAMILY_RULES = {"mlp": MLP_RULES, "resnet": RESNET_RULES}
+FAMILY_NAMES = {"mlp": "MLPs", "resnet": "ResNets"}
+STREAMING = ("imagenet2012",)
+
+
+class View(NamedTuple):
+    """What decides whether a key is read."""
+
+    family: str
+    rules: tuple[str, ...]
+    source: str
+    dataset: str
+    flat: dict
+
+
+def rules(*names: str):
+    def reads(view: View) -> str | None:
+        if set(view.rules) & set(names):
+            return None
+        rule = view.rules[0] if len(view.rules) == 1 else view.rules
+        return f"it is read only by rules {', '.join(names)} (rule is {rule!r})"
+    return reads
+
+
+def sources(*names: str):
+    def reads(view: View) -> str | None:
+        if view.source == "auto" or view.source in names:
+            return None
+        return f"it is read only by data sources {', '.join(names)} (source is {view.source!r})"
+    return reads
+
+
+def when(key: str, *values):
+    def reads(view: View) -> str | None:
+        if view.flat.get(key) in values:
+            return None
+        return f"it is read only when {key} is {' or '.join(map(repr, values))}"
+    return reads
+
+
+def streaming(flag: bool):
+    def reads(view: View) -> str | None:
+        if (view.dataset in STREAMING) == flag:
+            return None
+        kind = "streaming datasets (imagenet2012)" if flag else "in-memory datasets"
+        return f"it is read only for {kind} (dataset is {view.dataset!r})"
+    return reads
+
+
+class Key(NamedTuple):
+    check: Check
+    reads: Callable[[View], str | None] | None = None
+
+
+LOCAL = ("rec_lra", "lra_e")
+COMMON = {
+    "dataset": Key(choice("mnist", "fashion_mnist", "cifar10", "imagenet2012")),
+    "rule": Key(TEXT),
+    "seed": Key(integer(0, 2**31 - 1)),
+    "data.source": Key(choice("auto", "idx", "cifar", "folder", "tfds", "synthetic")),
+    "data.dir": Key(TEXT, sources("idx", "cifar", "folder")),
+    "data.download": Key(BOOL, sources("tfds")),
+    "data.tfds_data_dir": Key(TEXT, sources("tfds")),
+    "data.val_size": Key(integer(0)),
+    "data.workers": Key(integer(0, 256), sources("folder", "tfds", "synthetic")),
+    "data.cache_dir": Key(TEXT, sources("folder")),
+    "data.image_size": Key(integer(0, 4096), streaming(True)),
+    "data.synthetic_size": Key(integer(1), sources("synthetic")),
+    "lra.beta": Key(number(0, strict=True), rules(*LOCAL)),
+    "lra.gamma": Key(number(0), rules(*LOCAL)),
+    "lra.feedback_rule": Key(choice("kp", "fixed", "error_displacement"), rules(*LOCAL)),
+    "optim.name": Key(choice("adamw", "sgd")),
+    "optim.lr": Key(number(0, strict=True)),
+    "optim.weight_decay": Key(number(0)),
+    "optim.momentum": Key(number(0, hi=1, strict_hi=True), when("optim.name", "sgd")),
+    "optim.schedule": Key(choice("constant", "cosine")),
+    "optim.final_lr_frac": Key(number(0, hi=1), when("optim.schedule", "cosine")),
+    "optim.clip_norm": Key(number(0)),
+    "batch_size": Key(integer(1)),
+    "eval_batch_size": Key(integer(1)),
+    "num_epochs": Key(integer(1)),
+    "input_noise": Key(number(0)),
+    "augment": Key(choice("none", "crop_flip"), streaming(False)),
+    "steps_per_call": Key(integer(1)),
+    "log_every_steps": Key(integer(0)),
+    "checkpoint_every_epochs": Key(number(0, strict=True)),
+    "keep_checkpoints": Key(integer(1)),
+    "on_nonfinite": Key(choice("stop", "skip")),
+    "max_consecutive_skips": Key(integer(1), when("on_nonfinite", "skip")),
+    "diagnostics.cosine": Key(BOOL),
+}
+MLP = {
+    "model.name": Key(choice("mlp")),
+    "model.hidden": Key(WIDTHS),
+    "model.activation": Key(choice("tanh", "relu", "leaky_relu", "sigmoid", "identity")),
+    "model.residual_gap": Key(integer(0)),
+    "model.init": Key(choice("lra_e", "unit", "he", "lecun")),
+    "lra.depth": Key(integer(1), rules("rec_lra")),
+    "lra.module_size": Key(integer(1), rules("rec_lra")),
+    "lra.error_unit": Key(choice("l2", "mixed", "cauchy"), rules(*LOCAL)),
+    "lra.alpha_skip": Key(number(0, hi=1), rules(*LOCAL)),
+    "lra.alpha_adjacent": Key(number(0, hi=1), rules(*LOCAL)),
+    "lra.feedback_init": Key(choice("lra_e", "unit", "he", "lecun"), rules(*LOCAL)),
+    "lra.dx": Key(BOOL, rules(*LOCAL)),
+    "lra.baseline_feedback_init": Key(choice("lra_e", "unit", "he", "lecun"), rules("fa", "dfa")),
+}
+RESNET = {
+    "model.name": Key(choice("resnet")),
+    "model.depth": Key(choice(18, 34, 50)),
+    "model.width": Key(integer(1)),
+    "model.stem": Key(choice("cifar", "imagenet")),
+    "model.use_bn": Key(BOOL),
+    "model.bn_affine": Key(BOOL),
+    "model.init": Key(choice("lra_e", "unit", "he", "lecun")),
+    "lra.depth": Key(choice(1, 2), rules("rec_lra")),
+    "lra.skip_source": Key(choice("dense", "channel", "head"), rules("rec_lra")),
+    "lra.bn_error": Key(choice("jacobian", "output", "scaled"), rules("rec_lra")),
+    "lra.feedback_scale": Key(number(0, strict=True), rules("rec_lra", "dfa")),
+    "lra.head_last": Key(BOOL, rules("rec_lra")),
+}
+FAMILIES = {"mlp": MLP, "resnet": RESNET}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; tuples and lists are leaves."""
+    out = {}
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+def check(flat: dict[str, Any], *, rules_run: tuple[str, ...] | None = None,
+          overridden=()) -> list[str]:
+    """Every problem of the flattened config `flat`, one line each (empty: valid)."""
+    family = flat.get("model.name")
+    if family not in FAMILIES:
+        return [f"model.name={family!r} is unknown: must be one of 'mlp', 'resnet'."]
+    schema = {**COMMON, **FAMILIES[family]}
+    other = {k for f, keys in FAMILIES.items() if f != family for k in keys} - set(schema)
+    problems = []
+    for key in flat:
+        if key in other:
+            problems.append(f"{key} has no effect on {FAMILY_NAMES[family]}; remove it (or use "
+                            f"a config of that family: configs/base.py).")
+        elif key not in schema:
+            problems.append(f"{key} is not a config key (configs/base.py lists them all).")
+    problems += [f"config lacks {k} (configs/base.py has its default)." for k in schema
+                 if k not in flat]
+    rules_run = tuple(rules_run or (flat.get("rule"),))
+    for rule in rules_run:
+        if rule not in FAMILY_RULES[family]:
+            problems.append(f"rule={rule!r} is unknown for {FAMILY_NAMES[family]}: must be one "
+                            f"of {', '.join(FAMILY_RULES[family])}.")
+    view = View(family, rules_run, flat.get("data.source"), flat.get("dataset"), flat)
+    for key, spec in schema.items():
+        if key not in flat:
+            continue
+        value = flat[key]
+        if not spec.check.ok(value):
+            problems.append(f"{key}={value!r} is out of range: must be {spec.check.text}.")
+        elif key in overridden and spec.reads is not None:
+            reason = spec.reads(view)
+            if reason:
+                problems.append(f"{key}={value!r} has no effect: {reason}.")
+    return problems + _combinations(flat, family)
+
+
+def _combinations(flat: dict, family: str) -> list[str]:
+    """Values that are each valid but do not work together."""
+    problems = []
+    if family == "resnet":
+        if flat.get("lra.skip_source") == "head" and flat.get("lra.head_last") is False:
+            problems.append("lra.skip_source='head' needs lra.head_last=True: the head chain "
+                            "drives each block from the block above, and the last block has "
+                            "none but the head.")
+        if flat.get("lra.feedback_rule") == "error_displacement":
+            problems.append("lra.feedback_rule='error_displacement' is implemented for MLPs "
+                            "only; ResNets take 'kp' or 'fixed'.")
+    if flat.get("dataset") in STREAMING and flat.get("data.source") in ("idx", "cifar"):
+        problems.append(f"data.source={flat['data.source']!r} cannot hold {flat['dataset']}; "
+                        f"use 'auto', 'tfds', 'folder' or 'synthetic'.")
+    return problems
