@@ -23,7 +23,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.data.dir = ""  # IDX files, CIFAR-10 batches or an image-folder tree (train/, test/)
     config.data.download = False  # let tfds download when no local copy exists (network)
     config.data.tfds_data_dir = ""  # tfds's data_dir; empty: ~/tensorflow_datasets
-    config.data.val_size = 0  # validation examples from the end of train; 0: the standard split
+    # Validation examples taken from the end of train; 0: the dataset's standard split.
+    # Synthetic data draws its own validation split of this size (0: 128, streaming: 1/4).
+    config.data.val_size = 0
     config.data.workers = 2  # grain worker processes (image folders, streaming datasets)
     config.data.cache_dir = ""  # decoded image-folder cache; empty: ~/.cache/rec_lra_jax
     config.data.image_size = 0  # crop size of streaming datasets (ImageNet); 0: 224

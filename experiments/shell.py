@@ -24,9 +24,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
     except (AttributeError, KeyError) as e:  # ml_collections: an override of an unknown key
-        keys = [a.split("=")[0].lstrip("-") for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(f"error: unknown config key {e} among {keys}; configs/base.py lists every "
-                 f"key.")
+        text = e
+        while isinstance(text, BaseException) and text.args:  # AttributeError(KeyError(str))
+            text = text.args[0]
+        name, _, suggestion = str(text).partition("\n")
+        name = name.strip("'\"")
+        keys = [a[len("--config."):].split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        key = next((k for k in keys if k.split(".")[-1] == name), name)
+        hint = f" {suggestion.strip()}" if suggestion.strip() else ""
+        sys.exit(f"error: unknown config key {key!r}{family_hint(key)}.{hint} "
+                 f"configs/base.py lists every key.")
+
+
+def family_hint(key: str) -> str:
+    """', lra.module_size has no effect on ResNets' for a key of one model family only."""
+    for family, keys in config_schema.FAMILIES.items():
+        others = [f for f in config_schema.FAMILIES if f != family]
+        if key in keys and not any(key in config_schema.FAMILIES[f] for f in others):
+            other = config_schema.FAMILY_NAMES[others[0]]
+            return (f": {key} has no effect on {other} (only "
+                    f"{config_schema.FAMILY_NAMES[family]} read it)")
+    return ""
 
 
 def overridden() -> set[str]:

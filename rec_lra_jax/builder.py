@@ -250,6 +250,7 @@ class Plan(NamedTuple):
     log_every_steps: int
     checkpoint_every_epochs: float
     keep_checkpoints: int
+    on_nonfinite: str
     cosine: bool
     config: dict  # the whole config as plain data, for config.json
 
@@ -258,7 +259,7 @@ def create_plan(config: ml_collections.ConfigDict) -> Plan:
     return Plan(config.dataset, config.rule, config.seed, config.batch_size,
                 config.eval_batch_size, config.num_epochs, config.steps_per_call,
                 config.log_every_steps, config.checkpoint_every_epochs, config.keep_checkpoints,
-                config.diagnostics.cosine, config.to_dict())
+                config.on_nonfinite, config.diagnostics.cosine, config.to_dict())
 
 
 def create_cosine_fn(config: ml_collections.ConfigDict, setup: Setup, num_classes: int,

@@ -24,8 +24,8 @@ def manager(directory: str, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
     """A synchronous manager over `directory` keeping its newest `max_to_keep` steps."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                 item_names=("state", "meta"))
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
 class Checkpoints:
@@ -84,23 +84,33 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None
                               f"({type(cause).__name__}: {str(cause)[:300]}); {kept}.") from None
 
 
+def tree_name(path) -> str:
+    """'params/layer_00/kernel' for a pytree path of dict, attribute or sequence keys."""
+    parts = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
+    return "/".join(str(p) for p in parts)
+
+
+MODEL_TREES = ("step", "params", "feedback", "batch_stats")
+
+
 def _shape_mismatches(mngr: ocp.CheckpointManager, step: int, template: Any) -> list[str]:
-    """'path: checkpoint (a, b), config (c, d)' for every leaf whose shape differs."""
+    """'params/layer_00/kernel: checkpoint (a, b), config (c, d)' for every tensor of the
+    model (params, synapses, BatchNorm statistics) whose shape differs or that one lacks."""
     try:
         stored = mngr.item_metadata(step)["state"]
+        stored = {tree_name(p): tuple(m.shape) for p, m in
+                  jax.tree_util.tree_leaves_with_path(stored)}
     except Exception:  # no readable metadata: nothing to compare
         return []
-    stored_leaves = {jax.tree_util.keystr(p): getattr(m, "shape", None)
-                     for p, m in jax.tree_util.tree_leaves_with_path(stored)}
+    wanted = {tree_name(p): tuple(np.shape(x)) for p, x in
+              jax.tree_util.tree_leaves_with_path(template)}
+    keys = sorted((k for k in set(stored) | set(wanted) if k.split("/")[0] in MODEL_TREES),
+                  key=lambda k: (MODEL_TREES.index(k.split("/")[0]), k))
     out = []
-    for path, leaf in jax.tree_util.tree_leaves_with_path(template):
-        key = jax.tree_util.keystr(path)
-        have, want = stored_leaves.get(key, "missing"), tuple(np.shape(leaf))
-        if have is not None and (have == "missing" or tuple(have) != want):
-            out.append(f"{key}: checkpoint {have}, config {want}")
-    out += [f"{key}: only in the checkpoint" for key in stored_leaves
-            if key not in {jax.tree_util.keystr(p)
-                           for p, _ in jax.tree_util.tree_leaves_with_path(template)}]
+    for key in keys:
+        have, want = stored.get(key), wanted.get(key)
+        if have != want:
+            out.append(f"{key}: checkpoint {have or 'none'}, config {want or 'none'}")
     return out
 
 
@@ -114,16 +124,16 @@ def restore_latest(mngr: ocp.CheckpointManager, template: Any) -> tuple[Any, dic
     step = mngr.latest_step()
     if step is None:
         return None
+    mismatches = _shape_mismatches(mngr, step, template)
+    if mismatches:
+        listed = "; ".join(mismatches[:4]) + (" ..." if len(mismatches) > 4 else "")
+        raise CheckpointError(
+            f"The checkpoint at step {step} in {mngr.directory} was made for another model: "
+            f"{listed}. It was left in place; use a fresh --workdir for this config.")
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types for unreadable data
-        mismatches = _shape_mismatches(mngr, step, template)
-        if mismatches:
-            listed = "; ".join(mismatches[:5]) + (" ..." if len(mismatches) > 5 else "")
-            raise CheckpointError(
-                f"The checkpoint at step {step} in {mngr.directory} was made for another "
-                f"model: {listed}. Use a fresh --workdir for this config.") from None
         cause = _cause(e)
         raise CheckpointError(
             f"Checkpoint at step {step} in {mngr.directory} cannot be restored "

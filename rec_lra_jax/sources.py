@@ -207,24 +207,30 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
     if source not in SOURCES:
         raise ValueError(f"Unknown data source {source!r}; choose one of {SOURCES}.")
     info = DATASETS[dataset]
-    val_size = val_size or info.val_size
+    if source == "synthetic":  # synthetic data draws its validation split apart
+        val_size = val_size or (128 if not info.streaming else max(synthetic_size // 4, 1))
+    else:
+        val_size = val_size or info.val_size
     if info.streaming:
         size = image_size or info.image_shape[0]
         records, classes, origin = _stream_records(dataset, info, source, data_dir, download,
-                                                   tfds_data_dir, seed, synthetic_size, size)
-        train, val = _split_records(records["train"], val_size)
+                                                   tfds_data_dir, seed, synthetic_size, size,
+                                                   val_size)
+        train, val = (records["train"], records["val"]) if "val" in records else (
+            _split_records(records["train"], val_size))
         make = lambda r: StreamSource(r, train_map=preprocessing.InceptionTrain(size),
                                       eval_map=preprocessing.CenterCropEval(size),
                                       workers=workers, shard=shard)
         return Data(make(train), make(val), make(records["test"]), (size, size, 3), classes,
                     info.normalization, origin)
     raw, where, classes, origin = _load_arrays(dataset, info, source, data_dir, download,
-                                               tfds_data_dir, seed, workers, cache_dir)
+                                               tfds_data_dir, seed, workers, cache_dir,
+                                               val_size)
     images = {}
     for split, (x, y) in raw.items():
         images[split] = x[..., None] if x.ndim == 3 else x
-        _check_labels(y, classes, where[split])
-    _check_shapes(images, info, where)
+        _check_labels(y, classes, where[split][1])
+    _check_shapes(images, info, {s: w[0] for s, w in where.items()})
     if "val" not in raw:  # the paper's split: the last val_size training examples
         n = len(raw["train"][1])
         if not 1 <= val_size < n:
@@ -240,36 +246,35 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
 
 
 def _load_arrays(dataset, info, source, data_dir, download, tfds_data_dir, seed, workers,
-                 cache_dir):
-    """(raw splits, where each split came from, number of classes, origin)."""
+                 cache_dir, val_size):
+    """(raw splits, (images, labels) file of each split, number of classes, origin)."""
+    same = lambda raw, text: {s: (text.format(s), text.format(s)) for s in raw}
     if source == "synthetic":
-        raw = input_pipeline.synthetic_arrays(info.image_shape, info.num_classes, seed=seed)
-        return raw, dict.fromkeys(raw, "synthetic data"), info.num_classes, "synthetic"
+        raw = input_pipeline.synthetic_arrays(info.image_shape, info.num_classes, seed=seed,
+                                              num_val=val_size)
+        return raw, same(raw, "synthetic data"), info.num_classes, "synthetic"
     if data_dir:
         kind = _local_kind(data_dir, info, source)
         if kind == "folder":
             raw, classes = folder.load_arrays(data_dir, info.image_shape, workers=workers,
                                               cache_dir=cache_dir)
-            where = {s: f"{data_dir}/{s}" for s in raw}
-            return raw, where, len(classes), f"folder:{data_dir}"
+            return raw, same(raw, f"{data_dir}/{{}}"), len(classes), f"folder:{data_dir}"
         if kind == "idx":
-            files = input_pipeline.idx_files(data_dir)
-            where = {s: files[s][1] for s in files}
+            where = input_pipeline.idx_files(data_dir)
             return input_pipeline.load_idx_dir(data_dir), where, info.num_classes, f"idx:{data_dir}"
         raw = input_pipeline.load_cifar_dir(data_dir)
-        return raw, dict.fromkeys(raw, data_dir), info.num_classes, f"cifar:{data_dir}"
+        return raw, same(raw, data_dir), info.num_classes, f"cifar:{data_dir}"
     if source in ("auto", "idx"):
         for d in input_pipeline.SYSTEM_DIRS.get(dataset, ()):
             if input_pipeline.has_idx_files(d):
-                files = input_pipeline.idx_files(d)
-                return (input_pipeline.load_idx_dir(d), {s: files[s][1] for s in files},
+                return (input_pipeline.load_idx_dir(d), input_pipeline.idx_files(d),
                         info.num_classes, f"idx:{d}")
     tried = ""
     if source in ("auto", "tfds"):
         try:
             raw = input_pipeline.load_tfds(dataset, data_dir=tfds_data_dir or None,
                                            download=download, splits=("train", info.test_split))
-            return raw, {s: f"tfds {dataset} {s}" for s in raw}, info.num_classes, "tfds"
+            return raw, same(raw, f"tfds {dataset} {{}}"), info.num_classes, "tfds"
         except Exception as e:  # tfds raises many types; all mean "not available"
             tried = f" tfds said: {type(e).__name__}: {str(e)[:300]}"
     raise DataError(_no_source_message(dataset, info, download) + tried)
@@ -292,9 +297,11 @@ def _local_kind(data_dir: str, info: DatasetInfo, source: str) -> str:
     return kind
 
 
-def _stream_records(dataset, info, source, data_dir, download, tfds_data_dir, seed, n, size):
+def _stream_records(dataset, info, source, data_dir, download, tfds_data_dir, seed, n, size,
+                    val_size):
     if source == "synthetic":
         records = {"train": SyntheticRecords(n, info.num_classes, seed, size),
+                   "val": SyntheticRecords(val_size, info.num_classes, seed + 2, size),
                    "test": SyntheticRecords(n // 2, info.num_classes, seed + 1, size)}
         return records, info.num_classes, "synthetic"
     if data_dir or source == "folder":

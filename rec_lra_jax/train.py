@@ -70,14 +70,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
                 "train_examples": len(data.train), "val_examples": len(data.val),
                 "test_examples": len(data.test), "devices": jax.device_count(),
                 "processes": jax.process_count(), "jax": jax.__version__}
-    if primary:
-        os.makedirs(workdir, exist_ok=True)
-        rundir.write_config(workdir, plan.config, resolved)
     run = _Run(plan, data, setup, workdir, every, total_steps, steps_per_epoch, sharding,
                builder.learning_rate(config, total_steps),
                builder.create_cosine_fn(config, setup, data.num_classes, data.normalization)
-               if plan.cosine else None)
-    results = run.train()
+               if plan.cosine else None,
+               rundir.config_changes(saved, plan.config) if saved is not None else [])
+    results = run.train(resolved)
     results["model"] = builder.describe_model(config, data.image_shape, data.num_classes)
     if primary:
         rundir.write_json(os.path.join(workdir, "results.json"), results)
@@ -89,10 +87,11 @@ class _Run:
     """One run's loop state; `train()` runs it to the end."""
 
     def __init__(self, plan, data, setup, workdir, every, total_steps, steps_per_epoch,
-                 sharding, lr_schedule, cosine_fn):
+                 sharding, lr_schedule, cosine_fn, config_changes):
         self.plan, self.data, self.setup, self.workdir = plan, data, setup, workdir
         self.every, self.total, self.per_epoch = every, total_steps, steps_per_epoch
         self.lr, self.cosine_fn, self.sharding = lr_schedule, cosine_fn, sharding
+        self.config_changes = config_changes  # from the workdir's config.json, if allowed
         mesh = sharding.mesh if sharding is not None else None
         self.replicated = NamedSharding(mesh, P()) if mesh is not None else jax.devices()[0]
         self.stacked = NamedSharding(mesh, P(None, "data")) if mesh is not None else None
@@ -103,17 +102,27 @@ class _Run:
                              f"eval_batch_size must be multiples of the {jax.device_count()} "
                              f"devices.")
 
-    def train(self) -> dict:
+    def train(self, resolved: dict) -> dict:
+        """Restores, writes config.json, trains to the end, tests; returns the results."""
         plan, data = self.plan, self.data
         ckpt = checkpoints.Checkpoints(self.workdir, keep=plan.keep_checkpoints)
         writer = None
         try:
             state = jax.device_put(self.setup.state, self.replicated)
             meta = {"best_val_accuracy": 0.0, "best_step": 0, "train_seconds": 0.0}
-            restored = ckpt.restore_latest(state)
+            try:
+                restored = ckpt.restore_latest(state)
+            except checkpoints.CheckpointError as e:
+                if not self.config_changes:
+                    raise
+                raise checkpoints.CheckpointError(
+                    f"{e} The workdir's config.json differs from this config in: "
+                    f"{'; '.join(self.config_changes)}.") from None
             if restored is not None:
                 state, meta = restored
             start = int(state.step)
+            if jax.process_index() == 0:  # only now: a refused restore leaves it as it was
+                rundir.write_config(self.workdir, plan.config, resolved)
             writer = metrics.MetricsWriter(self.workdir, start_step=start,
                                            enabled=jax.process_index() == 0)
             logging.info("Training %s on %s (%s): %d epochs x %d steps, resuming at step %d.",
@@ -216,9 +225,11 @@ class _Run:
         first, m = pending
         m = jax.device_get(m)
         sums.add(m["loss"], m["accuracy"])
-        if not m["finite"].all():
-            bad = first + int(np.argmin(m["finite"]))
-            raise NonFiniteError(_nonfinite_message(bad, state, ckpt, self.per_epoch))
+        skip = self.plan.on_nonfinite == "skip"  # non-finite updates were skipped
+        if not m["state_finite"] or not (skip or m["finite"].all()):
+            bad = first + (len(m["loss"]) - 1 if m["finite"].all() or skip
+                           else int(np.argmin(m["finite"])))
+            raise NonFiniteError(_nonfinite_message(bad, state, ckpt, self.per_epoch, skip))
         every = self.plan.log_every_steps
         if every:
             for k, loss in enumerate(m["loss"]):
@@ -228,18 +239,21 @@ class _Run:
                                                    "lr": float(self.lr(first + k))})
 
 
-def _nonfinite_message(step: int, state, ckpt, per_epoch: int) -> str:
-    leaves = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(
+def _nonfinite_message(step: int, state, ckpt, per_epoch: int, skip: bool) -> str:
+    leaves = [checkpoints.tree_name(path) for path, x in jax.tree_util.tree_leaves_with_path(
         {"params": state.params, "feedback": state.feedback})
         if not bool(jax.device_get(jax.numpy.isfinite(x).all()))]
     shown = ", ".join(leaves[:8]) + (f" and {len(leaves) - 8} more" if len(leaves) > 8 else "")
     last = ckpt.latest_step()
-    kept = (f"the last good checkpoint, step {last}, is kept in {ckpt.latest.directory}"
-            if last is not None else "no checkpoint had been written yet")
-    return (f"Training diverged at step {step + 1} (epoch {step // per_epoch + 1}): the loss "
-            f"became non-finite" + (f", and so did {shown}" if leaves else "") + f". Nothing "
-            f"non-finite was saved; {kept}. Lower optim.lr, or pass "
-            f"--config.on_nonfinite=skip to skip such steps.")
+    kept = (f"the last good checkpoint, step {last}, is kept in {ckpt.latest.directory} "
+            f"(the best so far in {ckpt.best.directory})" if last is not None
+            else "no checkpoint had been written yet")
+    what = ("more consecutive updates than max_consecutive_skips were non-finite" if skip
+            else "the loss became non-finite")
+    return (f"Training diverged by step {step + 1} (epoch {step // per_epoch + 1}): {what}"
+            + (f"; non-finite tensors: {shown}" if leaves else "") + f". Nothing non-finite "
+            f"was saved; {kept}. Lower optim.lr" + ("." if skip else ", or pass "
+            "--config.on_nonfinite=skip to skip such steps."))
 
 
 def _put_replicated(tree, sharding):

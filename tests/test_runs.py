@@ -1,0 +1,199 @@
+"""Runs that lose nothing: divergence, full disks, changed configs, paths, folders, events."""
+
+import glob
+import json
+import os
+import struct
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import fmnist_mlp, fmnist_resnet18
+from experiments import bad_inputs
+from rec_lra_jax import (
+    builder,
+    checkpoints,
+    config_schema,
+    folder,
+    metrics,
+    rundir,
+    sources,
+    train,
+)
+from rec_lra_jax.config_schema import ConfigError
+from rec_lra_jax.input_pipeline import DataError
+
+
+def smoke(module=fmnist_mlp, **overrides):
+    config = module.get_config("smoke")
+    with config.unlocked():
+        for key, value in overrides.items():
+            node = config
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return config
+
+
+def test_divergence_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
+    config = smoke(**{"optim.lr": 1e6})
+    with pytest.raises(train.NonFiniteError, match=r"diverged by step (\d+) \(epoch 2\)") as info:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert "params/layer_00/kernel" in str(info.value)
+    assert not (tmp_path / "results.json").exists()
+    mngr = checkpoints.manager(str(tmp_path / "checkpoints"))
+    assert mngr.all_steps() == [10]  # the one checkpoint before the divergence, not rotated out
+    restored = mngr.restore(10, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["state"]))
+    mngr.close()
+    assert checkpoints.manager(str(tmp_path / "best")).all_steps() == [16]
+
+
+def test_skipping_nonfinite_updates_is_an_option(tmp_path):
+    config = smoke(**{"optim.lr": 1e6, "on_nonfinite": "skip", "max_consecutive_skips": 3})
+    with pytest.raises(train.NonFiniteError, match="max_consecutive_skips"):
+        train.train_and_evaluate(config, str(tmp_path))
+    records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert records and all(np.isfinite(r["val_loss"]) for r in records)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 20:
+            raise OSError(28, "No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(checkpoints.CheckpointError,
+                       match="No space left on device while saving step 20.*step 10"):
+        train.train_and_evaluate(smoke(), str(tmp_path))
+    assert checkpoints.manager(str(tmp_path / "checkpoints")).all_steps() == [10]
+
+
+def test_changed_config_is_refused_and_extension_allowed(tmp_path):
+    first = train.train_and_evaluate(smoke(), str(tmp_path))
+    with pytest.raises(rundir.ConfigChangedError, match=r"lra\.beta: 0\.1 -> 0\.2"):
+        train.train_and_evaluate(smoke(**{"lra.beta": 0.2}), str(tmp_path))
+    # A finished run with the same config is reported, not re-run.
+    assert train.train_and_evaluate(smoke(), str(tmp_path)) == first
+    # Raising num_epochs extends the run without a flag, from the final checkpoint.
+    extended = train.train_and_evaluate(smoke(num_epochs=3), str(tmp_path))
+    assert extended["resumed_from_step"] == 32 and extended["steps"] == 48
+    assert [r["epoch"] for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3]
+    # Allowed explicitly, a changed beta resumes and config.json records the new value.
+    changed = train.train_and_evaluate(smoke(num_epochs=4, **{"lra.beta": 0.2}), str(tmp_path),
+                                       allow_config_change=True)
+    assert changed["steps"] == 64
+    assert json.load(open(tmp_path / "config.json"))["config"]["lra"]["beta"] == 0.2
+
+
+def test_user_paths_expand_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    train.train_and_evaluate(smoke(num_epochs=1), "~/run")
+    assert (tmp_path / "run" / "results.json").exists() and not (tmp_path / "~").exists()
+    assert builder.expand("~/data") == str(tmp_path / "data")
+
+
+def test_missing_dataset_fails_fast_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setitem(sources.input_pipeline.SYSTEM_DIRS, "mnist", ())
+    for name in ("mnist", "cifar10"):
+        with pytest.raises(DataError, match=f"No copy of '{name}' found"):
+            sources.create_data(name)
+    assert os.listdir(tmp_path) == []
+
+
+def test_image_folder_source(tmp_path, monkeypatch):
+    root = bad_inputs.write_folder(str(tmp_path / "photos"), per_class=6)
+    cache = str(tmp_path / "cache")
+    data = sources.create_data("cifar10", data_dir=root, val_size=3, cache_dir=cache)
+    assert data.origin == f"folder:{root}" and data.num_classes == 3
+    assert data.train.images.shape == (15, 32, 32, 3) and data.test.images.shape == (18, 32, 32, 3)
+    np.testing.assert_array_equal(data.test.labels, np.repeat([0, 1, 2], 6))  # sorted names
+    assert sorted(np.concatenate([data.train.labels, data.val.labels])) == sorted(
+        np.repeat([0, 1, 2], 6))
+    assert len(glob.glob(os.path.join(cache, "*.npz"))) == 1
+    # The second load comes from the cache: no image is decoded.
+    monkeypatch.setattr(folder, "decode_all", lambda *a, **k: pytest.fail("decoded again"))
+    again = sources.create_data("cifar10", data_dir=root, val_size=3, cache_dir=cache)
+    np.testing.assert_array_equal(again.train.images, data.train.images)
+    # Grey 28x28 for the Fashion-MNIST entry point, from the same RGB folder.
+    monkeypatch.undo()
+    grey = sources.create_data("fashion_mnist", data_dir=root, val_size=3, cache_dir=cache)
+    assert grey.train.images.shape == (15, 28, 28, 1)
+
+
+def test_image_folder_trains_through_the_loop(tmp_path):
+    root = bad_inputs.write_folder(str(tmp_path / "photos"), per_class=12)
+    config = smoke(fmnist_resnet18, dataset="cifar10", num_epochs=1, batch_size=8,
+                   **{"data.source": "folder", "data.dir": root, "data.val_size": 4,
+                      "data.cache_dir": str(tmp_path / "cache"), "eval_batch_size": 16})
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["data_source"] == f"folder:{root}" and results["steps"] == 4
+
+
+def _events(directory):
+    """(tag, step, value) of every scalar in the TensorBoard event files of `directory`."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        data = open(path, "rb").read()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                out.append((value.tag, event.step, value.simple_value))
+    return out
+
+
+def test_tensorboard_events(tmp_path):
+    train.train_and_evaluate(smoke(log_every_steps=4, **{"diagnostics.cosine": True}),
+                             str(tmp_path))
+    events = _events(str(tmp_path / "tensorboard"))
+    tags = {t for t, _, _ in events}
+    assert {"train/loss", "train/accuracy", "lr", "val_accuracy", "val_loss",
+            "cosine/layer_00"} <= tags
+    assert sorted(s for t, s, _ in events if t == "train/loss") == [4, 8, 12, 16, 20, 24, 28, 32]
+    records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    for record in records:
+        assert ("val_accuracy", record["step"], pytest.approx(record["val_accuracy"])) in events
+
+
+def test_schema_names_keys_of_the_other_family():
+    config = smoke(fmnist_resnet18)
+    with config.unlocked():
+        config.lra.module_size = 3
+        config.model.hidden = (32,)
+    with pytest.raises(ConfigError) as info:
+        builder.validate(config)
+    assert "lra.module_size has no effect on ResNets" in str(info.value)
+    assert "model.hidden has no effect on ResNets" in str(info.value)
+
+
+def test_schema_lists_every_problem_at_once():
+    flat = config_schema.flatten(smoke(**{"optim.lr": -1.0, "batch_size": 0}).to_dict())
+    problems = config_schema.check(flat, overridden={"optim.lr"})
+    assert any(p.startswith("optim.lr=-1.0 is out of range") for p in problems)
+    assert any(p.startswith("batch_size=0 is out of range") for p in problems)
+    # A rule option a compared rule reads is valid, with bp among the rules.
+    flat = config_schema.flatten(smoke(rule="bp", **{"lra.beta": 0.5}).to_dict())
+    assert config_schema.check(flat, rules_run=("rec_lra", "bp"), overridden={"lra.beta"}) == []
+    assert config_schema.check(flat, overridden={"lra.beta"})
+
+
+def test_base_config_covers_the_schema():
+    from configs import base
+
+    for family, keys in config_schema.FAMILIES.items():
+        flat = config_schema.flatten(base.get_config(family).to_dict())
+        assert set(flat) == set(config_schema.COMMON) | set(keys), family
+        assert config_schema.check(flat) == []
