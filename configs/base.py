@@ -26,7 +26,8 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     # Validation examples taken from the end of train; 0: the dataset's standard split.
     # Synthetic data draws its own validation split of this size (0: 128, streaming: 1/4).
     config.data.val_size = 0
-    config.data.workers = 2  # grain worker processes (image folders, streaming datasets)
+    config.data.threads = 0  # grain reader threads decoding images; 0: one per CPU core
+    config.data.processes = 0  # grain worker processes (streaming datasets); 0: threads only
     config.data.cache_dir = ""  # decoded image-folder cache; empty: ~/.cache/rec_lra_jax
     config.data.image_size = 0  # crop size of streaming datasets (ImageNet); 0: 224
     config.data.synthetic_size = 512  # training records of source=synthetic (streaming)

@@ -5,7 +5,7 @@ r"""ImageNet (ILSVRC-2012), ResNet-18 (ImageNet stem), rec-LRA by default.
 
 Data: tfds imagenet2012 prepared as array_record, or an image-folder tree
 (`--config.data.dir=DIR` with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG).
-Standard preprocessing in grain worker processes (random resized crop + flip; resize 256
+Standard preprocessing on grain reader threads (random resized crop + flip; resize 256
 and center crop 224 for eval), 90 epochs, cosine schedule, top-1 and top-5. The last 10,000
 training images are the validation split (model selection); the test figures are on
 ImageNet's validation set. Block outputs take their displacement from e_L through
@@ -27,7 +27,6 @@ def get_config(arg: str | None = None, depth: int = 18) -> ml_collections.Config
     config.model.depth = depth
     config.model.stem = "imagenet"
     config.lra.skip_source = "channel"
-    config.data.workers = 16
     config.optim.lr = 1e-3
     config.batch_size = 256
     config.eval_batch_size = 250
@@ -39,7 +38,8 @@ def get_config(arg: str | None = None, depth: int = 18) -> ml_collections.Config
         config.data.synthetic_size = 24
         config.data.val_size = 8
         config.data.image_size = 32
-        config.data.workers = 2
+        config.data.threads = 2
+        config.data.processes = 2 if depth == 50 else 0  # CI covers both reader kinds
         config.model.width = 4
         config.batch_size = 8
         config.eval_batch_size = 8

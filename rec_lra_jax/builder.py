@@ -65,7 +65,8 @@ def create_data(config: ml_collections.ConfigDict, shard=(0, 1)) -> sources.Data
     d = config.data
     return sources.create_data(
         config.dataset, source=d.source, data_dir=expand(d.dir), download=d.download,
-        tfds_data_dir=expand(d.tfds_data_dir), val_size=d.val_size, workers=d.workers,
+        tfds_data_dir=expand(d.tfds_data_dir), val_size=d.val_size, threads=d.threads,
+        processes=d.processes,
         cache_dir=expand(d.cache_dir), image_size=d.image_size, seed=config.seed,
         synthetic_size=d.synthetic_size, shard=shard)
 

@@ -3,7 +3,7 @@
 Classes are the train folder's sub-folder names in sorted order (label k = k-th name).
 The training files come in a fixed pseudo-random order (seed 0, independent of the run's
 seed), so the validation split carved from their end mixes every class. Two ways to read:
-- `load_arrays`: decode every image at a fixed size in parallel grain worker processes and
+- `load_arrays`: decode every image at a fixed size on parallel grain reader threads and
   cache the arrays (a .npz keyed by the file list, sizes, mtimes and shape), for datasets
   that fit in memory (CIFAR-10- or Fashion-MNIST-sized folders);
 - `FileRecords`: a random-access source of encoded files for a streaming grain pipeline
@@ -117,18 +117,15 @@ def _cache_key(records: dict[str, FileRecords], shape) -> str:
     return digest.hexdigest()[:24]
 
 
-def decode_all(records: FileRecords, shape, *, workers: int) -> np.ndarray:
+def decode_all(records: FileRecords, shape, *, threads: int = 0) -> np.ndarray:
     """Every image of `records` decoded and resized to `shape`, uint8 (N, H, W, C).
 
-    Decoding runs in `workers` grain worker processes (0: in this process), in chunks.
+    Decoding runs in chunks of 256 on `threads` grain reader threads (0: one per core).
     An undecodable file raises DataError naming it.
     """
     grain = preprocessing.import_grain()
-
     ds = grain.MapDataset.source(records).map(preprocessing.FixedSize(shape)).batch(256)
-    if workers:
-        ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    iterator = iter(ds)
+    iterator = preprocessing.grain_iterator(ds, threads=threads)
     chunks = []
     try:
         for batch in iterator:
@@ -141,7 +138,7 @@ def decode_all(records: FileRecords, shape, *, workers: int) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.uint8)
 
 
-def load_arrays(directory: str, shape, *, workers: int = 2,
+def load_arrays(directory: str, shape, *, threads: int = 0,
                 cache_dir: str = "") -> tuple[dict, tuple[str, ...]]:
     """{"train", "test"} -> (uint8 images at `shape`, int32 labels) and the class names.
 
@@ -159,7 +156,7 @@ def load_arrays(directory: str, shape, *, workers: int = 2,
             return raw, classes
         except (OSError, ValueError, KeyError) as e:
             logging.warning("Ignoring the unreadable cache %s (%s).", path, e)
-    raw = {s: (decode_all(r, shape, workers=workers), r.labels) for s, r in records.items()}
+    raw = {s: (decode_all(r, shape, threads=threads), r.labels) for s, r in records.items()}
     _write_cache(path, raw)
     return raw, classes
 

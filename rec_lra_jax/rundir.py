@@ -3,7 +3,7 @@
 A workdir belongs to one config. `check_config` compares the config with the one saved
 there and refuses a run whose config differs in any key that changes the results, listing
 them, unless the caller allows it (`--allow_config_change`). Raising num_epochs (to extend
-a run) and the keys in FREE_KEYS (logging, evaluation batching, workers, checkpoint
+a run) and the keys in FREE_KEYS (logging, evaluation batching, data readers, checkpoint
 cadence) may change freely. Only process 0 writes these files.
 """
 
@@ -16,7 +16,7 @@ from rec_lra_jax import config_schema
 # Keys that do not change what a run computes (up to float summation order).
 FREE_KEYS = frozenset({
     "log_every_steps", "eval_batch_size", "steps_per_call", "checkpoint_every_epochs",
-    "keep_checkpoints", "data.workers", "data.cache_dir", "diagnostics.cosine",
+    "keep_checkpoints", "data.threads", "data.processes", "data.cache_dir", "diagnostics.cosine",
 })
 
 

@@ -93,7 +93,8 @@ class ArraySource:
 
 
 class StreamSource:
-    """A split read record by record through a grain pipeline in worker processes.
+    """A split read record by record through a grain pipeline (reader threads, worker
+    processes if asked for).
 
     The pipeline is a pure function of (seed, epoch, index): resuming slices the epoch's
     batches at the checkpointed step, so the run's step is the whole iterator state. Each
@@ -103,23 +104,21 @@ class StreamSource:
 
     resident = None
 
-    def __init__(self, records, *, train_map, eval_map, workers: int,
+    def __init__(self, records, *, train_map, eval_map, threads: int = 0, processes: int = 0,
                  shard: tuple[int, int] = (0, 1)):
         """records: random access, each {"image", "label"}; train_map(example, rng) and
-        eval_map(example) turn a record into a fixed-shape uint8 image and its label."""
-        self.records, self.workers, self.shard = records, workers, shard
+        eval_map(example) turn a record into a fixed-shape uint8 image and its label;
+        threads, processes: see `preprocessing.grain_iterator`."""
+        self.records, self.threads, self.processes = records, threads, processes
+        self.shard = shard
         self.train_map, self.eval_map = train_map, eval_map
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _run(self, ds):
-        grain = preprocessing.import_grain()
-
-        if self.workers:
-            ds = ds.to_iter_dataset().mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=self.workers))
-        iterator = iter(ds)
+        iterator = preprocessing.grain_iterator(ds, threads=self.threads,
+                                                processes=self.processes)
         try:
             for batch in iterator:
                 yield np.array(batch["image"]), np.array(batch["label"], np.int32)
@@ -183,7 +182,8 @@ class _Sliced:
 
 def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
                 download: bool = False, tfds_data_dir: str = "", val_size: int = 0,
-                workers: int = 2, cache_dir: str = "", image_size: int = 0, seed: int = 0,
+                threads: int = 0, processes: int = 0, cache_dir: str = "",
+                image_size: int = 0, seed: int = 0,
                 synthetic_size: int = 512, shard: tuple[int, int] = (0, 1)) -> Data:
     """The train / val / test sources of `dataset`, checked before any training.
 
@@ -194,7 +194,8 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
       data_dir: a local copy: IDX files, CIFAR-10 batches or an image-folder tree.
       download: let tfds download (needs network); off, nothing is written anywhere.
       val_size: validation examples from the end of train; 0: the dataset's standard size.
-      workers: grain worker processes for image folders and streaming datasets.
+      threads, processes: grain reader threads (0: one per core) and worker processes
+        for image folders and streaming datasets (`preprocessing.grain_iterator`).
       image_size: crop size of streaming datasets; 0: the dataset's standard size.
       shard: (process index, process count); each process reads only its shard.
 
@@ -220,11 +221,11 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
             _split_records(records["train"], val_size))
         make = lambda r: StreamSource(r, train_map=preprocessing.InceptionTrain(size),
                                       eval_map=preprocessing.CenterCropEval(size),
-                                      workers=workers, shard=shard)
+                                      threads=threads, processes=processes, shard=shard)
         return Data(make(train), make(val), make(records["test"]), (size, size, 3), classes,
                     info.normalization, origin)
     raw, where, classes, origin = _load_arrays(dataset, info, source, data_dir, download,
-                                               tfds_data_dir, seed, workers, cache_dir,
+                                               tfds_data_dir, seed, threads, cache_dir,
                                                val_size)
     images = {}
     for split, (x, y) in raw.items():
@@ -245,7 +246,7 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
                 classes, info.normalization, origin)
 
 
-def _load_arrays(dataset, info, source, data_dir, download, tfds_data_dir, seed, workers,
+def _load_arrays(dataset, info, source, data_dir, download, tfds_data_dir, seed, threads,
                  cache_dir, val_size):
     """(raw splits, (images, labels) file of each split, number of classes, origin)."""
     same = lambda raw, text: {s: (text.format(s), text.format(s)) for s in raw}
@@ -256,7 +257,7 @@ def _load_arrays(dataset, info, source, data_dir, download, tfds_data_dir, seed,
     if data_dir:
         kind = _local_kind(data_dir, info, source)
         if kind == "folder":
-            raw, classes = folder.load_arrays(data_dir, info.image_shape, workers=workers,
+            raw, classes = folder.load_arrays(data_dir, info.image_shape, threads=threads,
                                               cache_dir=cache_dir)
             return raw, same(raw, f"{data_dir}/{{}}"), len(classes), f"folder:{data_dir}"
         if kind == "idx":

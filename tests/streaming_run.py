@@ -29,7 +29,7 @@ def keep(example, rng=None):
 def streaming_data(config, shard=(0, 1)):
     data = _create_data(config, shard)
     stream = lambda s: sources.StreamSource(ArrayRecords(s.images, s.labels), train_map=keep,
-                                            eval_map=keep, workers=0, shard=shard)
+                                            eval_map=keep, threads=1, shard=shard)
     return data._replace(train=stream(data.train), val=stream(data.val), test=stream(data.test))
 
 

@@ -52,12 +52,13 @@ def test_imagenet_preprocessing_shapes():
     assert preprocessing.center_crop(gray, 16).shape == (16, 16, 3)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_stream_source_order_resume_and_shards(workers):
+@pytest.mark.parametrize("threads,processes", [(1, 0), (3, 0), (1, 2)])
+def test_stream_source_order_resume_and_shards(threads, processes):
     records = sources.SyntheticRecords(22, 5, seed=0, size=16)
     make = lambda shard=(0, 1): sources.StreamSource(
         records, train_map=preprocessing.InceptionTrain(8),
-        eval_map=preprocessing.CenterCropEval(8), workers=workers, shard=shard)
+        eval_map=preprocessing.CenterCropEval(8), threads=threads, processes=processes,
+        shard=shard)
     train = list(make().train_batches(seed=0, epoch=0, batch_size=4))
     assert len(train) == 5 and train[0][0].shape == (4, 8, 8, 3) and train[0][0].dtype == np.uint8
     resumed = list(make().train_batches(seed=0, epoch=0, batch_size=4, start=2))
