@@ -234,9 +234,6 @@ def backprop() -> UpdateRule:
     return UpdateRule(init_fn, deltas_fn)
 
 
-RULES = ("rec_lra", "lra_e", "bp", "fa", "dfa", "sign_symmetry")
-
-
 def feedback_is_learned(rule: str, feedback_rule: str = "kp") -> bool:
     """Whether the rule's error synapses are trained (and so get an optimizer)."""
     return rule in ("rec_lra", "lra_e") and feedback_rule != "fixed"
