@@ -1,5 +1,6 @@
 """The training entry points' shell: flags, then `train.train_and_evaluate(config, workdir)`."""
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -12,6 +13,12 @@ flags.DEFINE_bool("allow_config_change", False,
                   "Resume a workdir whose saved config.json differs from this config.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fmnist_mlp.py[:smoke].",
                                 lock_config=True)
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() first (multi-host runs; on TPU pods and "
+                  "SLURM it finds its peers, elsewhere pass the next three flags).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (--distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index (--distributed).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -20,6 +27,9 @@ def run(dataset: str | None = None) -> None:
 
     def main(argv):
         del argv
+        if FLAGS.distributed:
+            jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                       FLAGS.process_id)
         config = FLAGS.config
         if dataset and config.dataset != dataset:
             raise app.UsageError(

@@ -48,6 +48,7 @@ class BatchSource(Protocol):
     """
 
     resident: tuple[np.ndarray, np.ndarray] | None
+    eval_spec: tuple[tuple[int, ...], Any]  # image shape and dtype of the eval batches
 
     def __len__(self) -> int: ...
 
@@ -77,6 +78,7 @@ class ArraySource:
     def __init__(self, images: np.ndarray, labels: np.ndarray, shard: tuple[int, int] = (0, 1)):
         self.images, self.labels, self.shard = images, np.asarray(labels, np.int32), shard
         self.resident = (self.images, self.labels)
+        self.eval_spec = (images.shape[1:], images.dtype)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -105,10 +107,11 @@ class StreamSource:
     resident = None
 
     def __init__(self, records, *, train_map, eval_map, threads: int = 0, processes: int = 0,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), eval_spec=((), np.uint8)):
         """records: random access, each {"image", "label"}; train_map(example, rng) and
-        eval_map(example) turn a record into a fixed-shape uint8 image and its label;
-        threads, processes: see `preprocessing.grain_iterator`."""
+        eval_map(example) turn a record into a fixed-shape image (eval_spec: its shape and
+        dtype) and its label; threads, processes: see `preprocessing.grain_iterator`."""
+        self.eval_spec = eval_spec
         self.records, self.threads, self.processes = records, threads, processes
         self.shard = shard
         self.train_map, self.eval_map = train_map, eval_map
@@ -221,7 +224,8 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
             _split_records(records["train"], val_size))
         make = lambda r: StreamSource(r, train_map=preprocessing.InceptionTrain(size),
                                       eval_map=preprocessing.CenterCropEval(size),
-                                      threads=threads, processes=processes, shard=shard)
+                                      threads=threads, processes=processes, shard=shard,
+                                      eval_spec=((size, size, 3), np.uint8))
         return Data(make(train), make(val), make(records["test"]), (size, size, 3), classes,
                     info.normalization, origin)
     raw, where, classes, origin = _load_arrays(dataset, info, source, data_dir, download,

@@ -274,7 +274,7 @@ def evaluate(eval_fn, state, source: sources.BatchSource, batch_size: int,
     """
     totals = {"loss_sum": 0.0, "correct": 0, "correct_top5": 0, "count": 0}
     use = sharding if sharding is not None and batch_size % jax.device_count() == 0 else None
-    for images, labels in source.eval_batches(batch_size):
+    for images, labels in _equal_batches(source, batch_size):
         pad = batch_size - len(labels)
         if pad:
             images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
@@ -287,3 +287,20 @@ def evaluate(eval_fn, state, source: sources.BatchSource, batch_size: int,
     n = max(int(totals["count"]), 1)
     return {"accuracy": float(totals["correct"]) / n, "top5": float(totals["correct_top5"]) / n,
             "loss": float(totals["loss_sum"]) / n if totals["count"] else math.nan}
+
+
+def _equal_batches(source: sources.BatchSource, batch_size: int):
+    """source.eval_batches, topped up with empty batches so that every process runs the
+    same number of eval steps (each one is a collective across processes)."""
+    steps = -(-len(source) // (batch_size * jax.process_count()))
+    done, template = 0, None
+    for batch in source.eval_batches(batch_size):
+        template = batch
+        done += 1
+        yield batch
+    if done < steps:
+        if template is None:  # this process's shard is empty: an empty batch of the spec
+            shape, dtype = source.eval_spec
+            template = (np.zeros((0, *shape), dtype), np.zeros((0,), np.int32))
+        for _ in range(done, steps):
+            yield template[0][:0], template[1][:0]

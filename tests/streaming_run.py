@@ -29,7 +29,8 @@ def keep(example, rng=None):
 def streaming_data(config, shard=(0, 1)):
     data = _create_data(config, shard)
     stream = lambda s: sources.StreamSource(ArrayRecords(s.images, s.labels), train_map=keep,
-                                            eval_map=keep, threads=1, shard=shard)
+                                            eval_map=keep, threads=1, shard=shard,
+                                            eval_spec=s.eval_spec)
     return data._replace(train=stream(data.train), val=stream(data.val), test=stream(data.test))
 
 

@@ -197,3 +197,49 @@ def test_base_config_covers_the_schema():
         flat = config_schema.flatten(base.get_config(family).to_dict())
         assert set(flat) == set(config_schema.COMMON) | set(keys), family
         assert config_schema.check(flat) == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("module,config,same_batches", [
+    ("experiments.fashion_mnist", "configs/fmnist_mlp.py:smoke", True),  # in memory
+    ("experiments.imagenet", "configs/resnet18.py:smoke", False),  # streaming, process shards
+])
+def test_two_processes_train_like_one(tmp_path, module, config, same_batches):
+    """2 processes x 2 CPU devices (gloo collectives) run the same steps as one process with 4
+    devices (with in-memory data, the same batches, so the same results), and only process 0
+    writes files. Streaming sources shard their records by process, so batches differ."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu",
+               JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", module, f"--config={config}", f"--workdir={tmp_path / 'multi'}",
+         "--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+         f"--process_id={i}"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    single = subprocess.run([sys.executable, "-m", module, f"--config={config}",
+                             f"--workdir={tmp_path / 'single'}"], cwd=repo,
+                            env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = json.load(open(tmp_path / "multi" / "results.json"))
+    ref = json.load(open(tmp_path / "single" / "results.json"))
+    assert multi["steps"] == ref["steps"] and np.isfinite(multi["test_loss"])
+    if same_batches:
+        for key in ("test_accuracy", "test_loss", "best_val_accuracy", "best_step"):
+            assert multi[key] == pytest.approx(ref[key], rel=1e-5), key
+    epochs = [r["epoch"] for r in metrics.read_jsonl(str(tmp_path / "multi" / "metrics.jsonl"))]
+    assert epochs == sorted(set(epochs))  # one writer: no line twice
