@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from rec_lra_jax import folder, input_pipeline, preprocessing
+from rec_lra_jax.config_schema import ConfigError
 from rec_lra_jax.input_pipeline import DataError
 
 
@@ -239,8 +240,8 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
     if "val" not in raw:  # the paper's split: the last val_size training examples
         n = len(raw["train"][1])
         if not 1 <= val_size < n:
-            raise ValueError(f"data.val_size={val_size} must be in [1, {n}) for the {n} "
-                             f"training examples of {dataset}.")
+            raise ConfigError(f"data.val_size={val_size} must be in [1, {n}) for the {n} "
+                              f"training examples of {dataset}.")
         for key, part in (("val", slice(n - val_size, n)), ("train", slice(0, n - val_size))):
             images[key], raw[key] = images["train"][part], (None, raw["train"][1][part])
     make = lambda s: ArraySource(images[s], raw[s][1], shard)
@@ -336,8 +337,8 @@ def _stream_records(dataset, info, source, data_dir, download, tfds_data_dir, se
 def _split_records(records, val_size: int):
     n = len(records)
     if not 1 <= val_size < n:
-        raise ValueError(f"data.val_size={val_size} must be in [1, {n}) for the {n} training "
-                         f"examples.")
+        raise ConfigError(f"data.val_size={val_size} must be in [1, {n}) for the {n} training "
+                          f"examples.")
     return _Sliced(records, 0, n - val_size), _Sliced(records, n - val_size, n)
 
 

@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rec_lra_jax import builder, checkpoints, metrics, rundir, sources, steps
+from rec_lra_jax.config_schema import ConfigError
 
 
 class NonFiniteError(RuntimeError):
@@ -56,8 +57,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
     data = builder.create_data(config, shard=(jax.process_index(), jax.process_count()))
     steps_per_epoch = len(data.train) // plan.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={plan.batch_size} exceeds the {len(data.train)} "
-                         f"training examples of {plan.dataset}.")
+        raise ConfigError(f"batch_size={plan.batch_size} exceeds the {len(data.train)} "
+                          f"training examples of {plan.dataset}.")
     total_steps = steps_per_epoch * plan.num_epochs
     sharding = steps.data_mesh_sharding(plan.batch_size)
     setup = builder.create_setup(config, input_shape=data.image_shape,
@@ -98,9 +99,9 @@ class _Run:
         self.compiled = set()  # fused-call lengths already compiled
         if jax.process_count() > 1 and (sharding is None or plan.eval_batch_size
                                         % jax.device_count()):
-            raise ValueError(f"With {jax.process_count()} processes, batch_size and "
-                             f"eval_batch_size must be multiples of the {jax.device_count()} "
-                             f"devices.")
+            raise ConfigError(f"With {jax.process_count()} processes, batch_size and "
+                              f"eval_batch_size must be multiples of the "
+                              f"{jax.device_count()} devices.")
 
     def train(self, resolved: dict) -> dict:
         """Restores, writes config.json, trains to the end, tests; returns the results."""

@@ -1,4 +1,4 @@
-"""Small shared fixtures: a tiny MLP with a batch, built deterministically."""
+"""Small shared fixtures: a tiny MLP with a batch, and smoke configs with overrides."""
 
 import jax
 import jax.numpy as jnp
@@ -25,3 +25,19 @@ def tied_feedback(params, sources):
     names = sorted(params)
     return {names[l - 1]: params[names[src - 1]]["kernel"].T
             for l, src in enumerate(sources, start=1)}
+
+
+def smoke_config(module=None, **overrides):
+    """module.get_config("smoke") (default configs/fmnist_mlp.py) with dotted overrides,
+    e.g. smoke_config(rule="bp", **{"optim.lr": 3e-3})."""
+    if module is None:
+        from configs import fmnist_mlp as module  # noqa: PLC0415
+    config = module.get_config("smoke")
+    with config.unlocked():
+        for key, value in overrides.items():
+            node = config
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return config

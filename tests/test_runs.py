@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import fmnist_mlp, fmnist_resnet18
+from configs import fmnist_resnet18
 from experiments import bad_inputs
 from rec_lra_jax import (
     builder,
@@ -24,22 +24,11 @@ from rec_lra_jax import (
 )
 from rec_lra_jax.config_schema import ConfigError
 from rec_lra_jax.input_pipeline import DataError
-
-
-def smoke(module=fmnist_mlp, **overrides):
-    config = module.get_config("smoke")
-    with config.unlocked():
-        for key, value in overrides.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
+from tests.helpers import smoke_config
 
 
 def test_divergence_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
-    config = smoke(**{"optim.lr": 1e6})
+    config = smoke_config(**{"optim.lr": 1e6})
     with pytest.raises(train.NonFiniteError, match=r"diverged by step (\d+) \(epoch 2\)") as info:
         train.train_and_evaluate(config, str(tmp_path))
     assert "params/layer_00/kernel" in str(info.value)
@@ -53,7 +42,7 @@ def test_divergence_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
 
 
 def test_skipping_nonfinite_updates_is_an_option(tmp_path):
-    config = smoke(**{"optim.lr": 1e6, "on_nonfinite": "skip", "max_consecutive_skips": 3})
+    config = smoke_config(**{"optim.lr": 1e6, "on_nonfinite": "skip", "max_consecutive_skips": 3})
     with pytest.raises(train.NonFiniteError, match="max_consecutive_skips"):
         train.train_and_evaluate(config, str(tmp_path))
     records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
@@ -71,23 +60,23 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(ocp.CheckpointManager, "save", save)
     with pytest.raises(checkpoints.CheckpointError,
                        match="No space left on device while saving step 20.*step 10"):
-        train.train_and_evaluate(smoke(), str(tmp_path))
+        train.train_and_evaluate(smoke_config(), str(tmp_path))
     assert checkpoints.manager(str(tmp_path / "checkpoints")).all_steps() == [10]
 
 
 def test_changed_config_is_refused_and_extension_allowed(tmp_path):
-    first = train.train_and_evaluate(smoke(), str(tmp_path))
+    first = train.train_and_evaluate(smoke_config(), str(tmp_path))
     with pytest.raises(rundir.ConfigChangedError, match=r"lra\.beta: 0\.1 -> 0\.2"):
-        train.train_and_evaluate(smoke(**{"lra.beta": 0.2}), str(tmp_path))
+        train.train_and_evaluate(smoke_config(**{"lra.beta": 0.2}), str(tmp_path))
     # A finished run with the same config is reported, not re-run.
-    assert train.train_and_evaluate(smoke(), str(tmp_path)) == first
+    assert train.train_and_evaluate(smoke_config(), str(tmp_path)) == first
     # Raising num_epochs extends the run without a flag, from the final checkpoint.
-    extended = train.train_and_evaluate(smoke(num_epochs=3), str(tmp_path))
+    extended = train.train_and_evaluate(smoke_config(num_epochs=3), str(tmp_path))
     assert extended["resumed_from_step"] == 32 and extended["steps"] == 48
     assert [r["epoch"] for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3]
     # Allowed explicitly, a changed beta resumes and config.json records the new value.
-    changed = train.train_and_evaluate(smoke(num_epochs=4, **{"lra.beta": 0.2}), str(tmp_path),
-                                       allow_config_change=True)
+    changed = train.train_and_evaluate(smoke_config(num_epochs=4, **{"lra.beta": 0.2}),
+                                       str(tmp_path), allow_config_change=True)
     assert changed["steps"] == 64
     assert json.load(open(tmp_path / "config.json"))["config"]["lra"]["beta"] == 0.2
 
@@ -95,7 +84,7 @@ def test_changed_config_is_refused_and_extension_allowed(tmp_path):
 def test_user_paths_expand_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    train.train_and_evaluate(smoke(num_epochs=1), "~/run")
+    train.train_and_evaluate(smoke_config(num_epochs=1), "~/run")
     assert (tmp_path / "run" / "results.json").exists() and not (tmp_path / "~").exists()
     assert builder.expand("~/data") == str(tmp_path / "data")
 
@@ -131,7 +120,7 @@ def test_image_folder_source(tmp_path, monkeypatch):
 
 def test_image_folder_trains_through_the_loop(tmp_path):
     root = bad_inputs.write_folder(str(tmp_path / "photos"), per_class=12)
-    config = smoke(fmnist_resnet18, dataset="cifar10", num_epochs=1, batch_size=8,
+    config = smoke_config(fmnist_resnet18, dataset="cifar10", num_epochs=1, batch_size=8,
                    **{"data.source": "folder", "data.dir": root, "data.val_size": 4,
                       "data.cache_dir": str(tmp_path / "cache"), "eval_batch_size": 16})
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -156,7 +145,7 @@ def _events(directory):
 
 
 def test_tensorboard_events(tmp_path):
-    train.train_and_evaluate(smoke(log_every_steps=4, **{"diagnostics.cosine": True}),
+    train.train_and_evaluate(smoke_config(log_every_steps=4, **{"diagnostics.cosine": True}),
                              str(tmp_path))
     events = _events(str(tmp_path / "tensorboard"))
     tags = {t for t, _, _ in events}
@@ -169,7 +158,7 @@ def test_tensorboard_events(tmp_path):
 
 
 def test_schema_names_keys_of_the_other_family():
-    config = smoke(fmnist_resnet18)
+    config = smoke_config(fmnist_resnet18)
     with config.unlocked():
         config.lra.module_size = 3
         config.model.hidden = (32,)
@@ -180,12 +169,12 @@ def test_schema_names_keys_of_the_other_family():
 
 
 def test_schema_lists_every_problem_at_once():
-    flat = config_schema.flatten(smoke(**{"optim.lr": -1.0, "batch_size": 0}).to_dict())
+    flat = config_schema.flatten(smoke_config(**{"optim.lr": -1.0, "batch_size": 0}).to_dict())
     problems = config_schema.check(flat, overridden={"optim.lr"})
     assert any(p.startswith("optim.lr=-1.0 is out of range") for p in problems)
     assert any(p.startswith("batch_size=0 is out of range") for p in problems)
     # A rule option a compared rule reads is valid, with bp among the rules.
-    flat = config_schema.flatten(smoke(rule="bp", **{"lra.beta": 0.5}).to_dict())
+    flat = config_schema.flatten(smoke_config(rule="bp", **{"lra.beta": 0.5}).to_dict())
     assert config_schema.check(flat, rules_run=("rec_lra", "bp"), overridden={"lra.beta"}) == []
     assert config_schema.check(flat, overridden={"lra.beta"})
 

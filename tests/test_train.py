@@ -28,21 +28,10 @@ from rec_lra_jax import (
     steps,
     train,
 )
+from tests.helpers import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FROZEN = os.path.join(REPO, "tests", "fixtures", "loop_v0.json")
-
-
-def smoke_config(module=fmnist_mlp, **overrides):
-    config = module.get_config("smoke")
-    with config.unlocked():
-        for key, value in overrides.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
 
 
 @pytest.mark.parametrize("rule", ["rec_lra", "lra_e", "bp", "fa", "dfa"])
