@@ -232,3 +232,18 @@ def test_two_processes_train_like_one(tmp_path, module, config, same_batches):
             assert multi[key] == pytest.approx(ref[key], rel=1e-5), key
     epochs = [r["epoch"] for r in metrics.read_jsonl(str(tmp_path / "multi" / "metrics.jsonl"))]
     assert epochs == sorted(set(epochs))  # one writer: no line twice
+
+
+def test_image_folder_streams_through_the_imagenet_loop(tmp_path):
+    """The ImageNet entry point reads a folder as a streaming source (random resized crops)."""
+    from configs import resnet18
+
+    root = bad_inputs.write_folder(str(tmp_path / "photos"), per_class=8)
+    config = smoke_config(resnet18, **{"data.source": "auto", "data.dir": root,
+                                       "data.val_size": 6, "batch_size": 6,
+                                       "eval_batch_size": 6})
+    data = builder.create_data(config)
+    assert isinstance(data.train, sources.StreamSource) and data.num_classes == 3
+    assert (len(data.train), len(data.val), len(data.test)) == (18, 6, 24)
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["data_source"] == f"folder:{root}" and results["steps"] == 3

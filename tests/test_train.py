@@ -47,17 +47,20 @@ def test_toy_convergence(tmp_path, rule):
     ("resnet_bp", fmnist_resnet18, "bp", 1)])
 def test_loop_reproduces_the_first_release(tmp_path, name, module, rule, epochs):
     """The single loop equals the first release's loop on the same configs (frozen)."""
-    # Sharding over 8 fake devices changes reduction orders, so each count has its outputs.
-    frozen = json.load(open(FROZEN))[str(jax.device_count())][name]
+    # Sharding over 8 fake devices changes reduction orders, so each count has its outputs;
+    # other XLA versions fuse and reduce in other orders (about 1e-6 apart after 16 steps).
+    fixtures = json.load(open(FROZEN))
+    frozen = fixtures[str(jax.device_count())][name]
+    rel = 1e-6 if jax.__version__ == fixtures["jax"] else 1e-4
     results = train.train_and_evaluate(smoke_config(module, rule=rule, num_epochs=epochs),
                                        str(tmp_path))
     for key, value in frozen["results"].items():
-        assert results[key] == pytest.approx(value, rel=1e-6), key
+        assert results[key] == pytest.approx(value, rel=rel), key
     records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert len(records) == len(frozen["metrics"])
     for got, want in zip(records, frozen["metrics"], strict=True):
         for key, value in want.items():
-            assert got[key] == pytest.approx(value, rel=1e-6), (key, got, want)
+            assert got[key] == pytest.approx(value, rel=rel), (key, got, want)
 
 
 def test_results_and_metrics_files(tmp_path):
