@@ -270,9 +270,10 @@ def test_progress_lines_report_rate_compile_time_and_eta(tmp_path):
     assert quiet.returncode == 0 and "steps/s" not in quiet.stderr
 
 
-@pytest.mark.parametrize("rule", ["rec_lra", "bp", "fa", "dfa", "sign_symmetry"])
+@pytest.mark.parametrize("rule", ["fa", "dfa", "sign_symmetry"])
 def test_resnet_rules_in_the_training_loop(tmp_path, rule):
-    """Every rule trains a (tiny) ResNet through the same loop, BatchNorm stats included."""
+    """Every rule trains a (tiny) ResNet through the same loop, BatchNorm stats included
+    (rec_lra and bp: test_loop_reproduces_the_first_release)."""
     config = smoke_config(fmnist_resnet18, rule=rule, num_epochs=1)
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["model"] == "resnet18-w4-cifar" and results["steps"] == 16
