@@ -14,7 +14,7 @@ import ml_collections
 def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.dataset = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | imagenet2012
-    # MLP: rec_lra | lra_e | bp | fa | dfa; ResNet: rec_lra | bp | fa | dfa | sign_symmetry
+    # rec_lra | lra_e | dfa (local rules) | bp | fa | sign_symmetry (autodiff baselines)
     config.rule = "rec_lra"
     config.seed = 0
 
@@ -35,8 +35,13 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.lra = ml_collections.ConfigDict()  # the local rules' options (docs/algorithm)
     config.lra.beta = 0.1  # target nudge
     config.lra.gamma = 1.0  # error-synapse rate
-    config.lra.depth = 2  # recursion depth (ResNets: 1 or 2)
-    config.lra.feedback_rule = "kp"  # kp | fixed (MLPs also error_displacement)
+    config.lra.depth = 2  # recursion depth (ResNets: 1, 2 or 3)
+    config.lra.feedback_rule = "kp"  # kp | fixed | error_displacement
+    config.lra.error_unit = "l2"  # l2 | mixed | cauchy
+    config.lra.alpha_skip = 1.0  # mixed units at skip endpoints; paper preset 0.19
+    config.lra.alpha_adjacent = 1.0  # mixed units at adjacent endpoints; paper preset 0.24
+    config.lra.feedback_scale = 1.0  # multiplies the synapses' init std (rec_lra, lra_e, dfa)
+    config.lra.dx = False  # ablation: multiply errors by phi' in the weight update
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"  # adamw | sgd
@@ -66,15 +71,12 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.model = ml_collections.ConfigDict()
         config.model.name = "mlp"
         config.model.hidden = (256, 256, 256)
-        config.model.activation = "tanh"  # tanh | relu | leaky_relu | sigmoid | identity
+        # tanh | relu | leaky_relu | sigmoid | gelu | silu | elu | softplus | identity
+        config.model.activation = "tanh"
         config.model.residual_gap = 0  # g; 0: no forward residual connections
         config.model.init = "lra_e"  # lra_e | unit | he | lecun
         config.lra.module_size = 2  # m: error skips every m layers (rec_lra)
-        config.lra.error_unit = "l2"  # l2 | mixed | cauchy
-        config.lra.alpha_skip = 1.0  # mixed units at skip endpoints; paper preset 0.19
-        config.lra.alpha_adjacent = 1.0  # mixed units at adjacent endpoints; paper preset 0.24
-        config.lra.feedback_init = "lra_e"  # lra_e | unit | he | lecun
-        config.lra.dx = False  # ablation: multiply errors by phi' in the weight update
+        config.lra.feedback_init = "lra_e"  # lra_e (N(0, 1)) | unit | he | lecun
         config.lra.baseline_feedback_init = "lecun"  # fa / dfa feedback matrices
     elif family == "resnet":
         config.model = ml_collections.ConfigDict()
@@ -87,7 +89,8 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.model.init = "he"  # lra_e | unit | he | lecun
         config.lra.skip_source = "dense"  # dense | channel | head
         config.lra.bn_error = "jacobian"  # jacobian | output | scaled
-        config.lra.feedback_scale = 1.0  # synapse std = scale * sqrt(2 / fan_in)
+        config.lra.feedback_init = "he"  # synapse std = feedback_scale * sqrt(2 / fan_in)
+        config.lra.baseline_feedback_init = "he"  # dfa feedback matrices
         config.lra.head_last = True  # the last block driven through the head
         config.optim.lr = 3e-3
         config.optim.weight_decay = 0.05

@@ -27,17 +27,15 @@ from rec_lra_jax import (
     diagnostics,
     models,
     resnet,
-    resnet_rules,
     rules,
     sources,
     steps,
     transforms,
 )
 from rec_lra_jax.config_schema import ConfigError
+from rec_lra_jax.wiring import Wiring
 
-RULES = tuple(dict.fromkeys(config_schema.MLP_RULES + config_schema.RESNET_RULES))
-# What autodiff sends back through a ResNet's layers under each rule (resnet.ResNet.backward).
-RESNET_BACKWARD = {"fa": "fa", "sign_symmetry": "sign"}
+RULES = tuple(rules.RULES)
 
 
 def rules_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -77,45 +75,44 @@ def expand(path: str) -> str:
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int, rule: str | None = None):
-    """The model named by config.model ("mlp" or "resnet"), built for `rule`."""
+    """The model named by config.model ("mlp" or "resnet"), built for `rule` (the autodiff
+    baselines get the model variant whose layers send back what the rule needs)."""
     m, rule = config.model, rule or config.rule
+    backward = create_rule(config, rule).backward
     if m.name == "mlp":
         return models.MLP(features=(*m.hidden, num_classes), activation=m.activation,
-                          residual_gap=m.residual_gap, init_scheme=m.init)
+                          residual_gap=m.residual_gap, init_scheme=m.init, backward=backward,
+                          feedback_init=config.lra.baseline_feedback_init)
     return resnet.resnet(m.depth, num_classes=num_classes, width=m.width, stem=m.stem,
                          use_bn=m.use_bn, bn_affine=m.bn_affine, init_scheme=m.init,
-                         backward=RESNET_BACKWARD.get(rule, "exact"))
+                         backward=backward)
 
 
-def create_rule(config: ml_collections.ConfigDict, rule: str | None = None) -> rules.UpdateRule:
+def create_rule(config: ml_collections.ConfigDict, rule: str | None = None) -> rules.Rule:
     """The update rule `rule` (default config.rule) with the options in config.lra."""
-    rule, lra = rule or config.rule, config.lra
+    rule, lra, family = rule or config.rule, config.lra, config.model.name
     if rule not in rules_for(config):
-        raise ConfigError(f"rule={rule!r} is unknown for {config.model.name} models; choose one "
+        raise ConfigError(f"rule={rule!r} is unknown for {family} models; choose one "
                           f"of {rules_for(config)}.")
-    if config.model.name == "resnet":
-        factories = {
-            "rec_lra": lambda: resnet_rules.resnet_rec_lra(
-                beta=lra.beta, gamma=lra.gamma if lra.feedback_rule == "kp" else 0.0,
-                skip_source=lra.skip_source, bn_error=lra.bn_error,
-                feedback_scale=lra.feedback_scale, head_last=lra.head_last, depth=lra.depth),
-            "bp": lambda: resnet_rules.resnet_autodiff("exact"),
-            "fa": lambda: resnet_rules.resnet_autodiff("fa"),
-            "sign_symmetry": lambda: resnet_rules.resnet_autodiff("sign"),
-            "dfa": lambda: resnet_rules.resnet_dfa(feedback_scale=lra.feedback_scale),
-        }
-        return factories[rule]()
-    local = dict(beta=lra.beta, gamma=lra.gamma, error_unit=lra.error_unit,
-                 alpha_skip=lra.alpha_skip, alpha_adjacent=lra.alpha_adjacent,
-                 feedback_rule=lra.feedback_rule, feedback_init=lra.feedback_init, dx=lra.dx)
-    factories = {
-        "rec_lra": lambda: rules.rec_lra(module_size=lra.module_size, depth=lra.depth, **local),
-        "lra_e": lambda: rules.lra_e(**local),
-        "bp": rules.backprop,
-        "fa": lambda: rules.feedback_alignment(feedback_init=lra.baseline_feedback_init),
-        "dfa": lambda: rules.direct_feedback_alignment(feedback_init=lra.baseline_feedback_init),
-    }
-    return factories[rule]()
+    spec = rules.RULES[rule]
+    if not spec.local:
+        return spec.factory()
+    activation = config.model.activation if family == "mlp" else None
+    if rule == "dfa":
+        return rules.dfa(feedback_init=lra.baseline_feedback_init,
+                         feedback_scale=lra.feedback_scale, activation=activation,
+                         bn_error=lra.get("bn_error", "jacobian"))
+    options = dict(beta=lra.beta, gamma=lra.gamma, error_unit=lra.error_unit,
+                   alpha_skip=lra.alpha_skip, alpha_adjacent=lra.alpha_adjacent,
+                   feedback_rule=lra.feedback_rule, feedback_init=lra.feedback_init,
+                   feedback_scale=lra.feedback_scale, dx=lra.dx, activation=activation,
+                   bn_error=lra.get("bn_error", "jacobian"))
+    if rule == "lra_e":
+        return rules.lra_e(**options)
+    wiring = Wiring("recursive", module_size=lra.get("module_size", 2), depth=lra.depth,
+                    skip_source=lra.get("skip_source", "dense"),
+                    head_last=lra.get("head_last", True))
+    return rules.rec_lra(wiring=wiring, **options)
 
 
 def feedback_is_learned(config: ml_collections.ConfigDict, rule: str | None = None) -> bool:
@@ -124,13 +121,14 @@ def feedback_is_learned(config: ml_collections.ConfigDict, rule: str | None = No
 
 
 def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int,
-                     rule: str | None = None) -> optax.GradientTransformation:
-    """The optax chain for {"params", "feedback"} deltas, from config.optim.
+                     rule: str | None = None,
+                     update_rule: rules.Rule | None = None) -> optax.GradientTransformation:
+    """The optax chain for {"params", "feedback"}: the rule, then config.optim.
 
-    Per-tensor re-projection (the paper's update re-projection), then AdamW or SGD with the
-    schedule; error synapses share the chain when they learn and are frozen (set_to_zero)
-    otherwise. With on_nonfinite="skip" the chain skips non-finite updates
-    (`optax.apply_if_finite`).
+    The rule's deltas (`create_rule`), per-tensor re-projection (the paper's update
+    re-projection), then AdamW or SGD with the schedule; error synapses share the chain when
+    they learn and are frozen (set_to_zero) otherwise. With on_nonfinite="skip" the part
+    after the rule skips non-finite deltas (`optax.apply_if_finite`).
     """
     o, lr = config.optim, learning_rate(config, total_steps)
     if o.name == "adamw":
@@ -144,7 +142,7 @@ def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int,
                              {"params": "learn", "feedback": "freeze"})
     if config.on_nonfinite == "skip":
         tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_consecutive_skips)
-    return tx
+    return optax.chain(update_rule or create_rule(config, rule), tx)
 
 
 def learning_rate(config: ml_collections.ConfigDict, total_steps: int):
@@ -156,11 +154,20 @@ def learning_rate(config: ml_collections.ConfigDict, total_steps: int):
 
 
 def create_train_state(key, model, rule, tx, input_shape) -> steps.TrainState:
-    """Fresh parameters, BatchNorm statistics, error synapses and optimizer state."""
+    """Fresh parameters, BatchNorm statistics, error synapses and optimizer state.
+
+    A local rule's synapses are sized from the shapes of the model's signals; an autodiff
+    baseline's fixed feedback kernels are the model's "feedback" collection.
+    """
     x = jnp.zeros(input_shape)
     variables = model.init(jax.random.fold_in(key, 0), x, train=False)
     params = variables["params"]
-    feedback = rule.init(jax.random.fold_in(key, 1), params, model=model, x=x)
+    feedback_key = jax.random.fold_in(key, 1)
+    if rule.autodiff:
+        feedback = model.init(feedback_key, x, train=False).get("feedback", {})
+    else:
+        signals = jax.eval_shape(lambda: model.apply(variables, x, train=False))
+        feedback = rule.init_feedback(feedback_key, signals, params)
     opt_state = tx.init({"params": params, "feedback": feedback})
     return steps.TrainState(jnp.asarray(0, jnp.int32), params, feedback, opt_state,
                             dict(variables.get("batch_stats", {})))
@@ -170,8 +177,8 @@ class Setup(NamedTuple):
     """A built run: the pieces and the jitted steps the loop, benchmarks and tests call."""
 
     model: Any
-    rule: rules.UpdateRule
-    tx: optax.GradientTransformation
+    rule: rules.Rule
+    tx: optax.GradientTransformation  # starts with the rule
     state: steps.TrainState  # the initial state (seeded by config.seed)
     step_kwargs: dict  # keyword arguments of steps.train_step
     train_fn: Any  # jit(train_steps)(state, data, batches), donating the state
@@ -184,7 +191,7 @@ def create_setup(config: ml_collections.ConfigDict, *, input_shape, num_classes:
     """Model, rule, optimizer, initial state and jitted steps for `rule` (default config.rule)."""
     model = create_model(config, num_classes, rule)
     update_rule = create_rule(config, rule)
-    tx = create_optimizer(config, total_steps=total_steps, rule=rule)
+    tx = create_optimizer(config, total_steps=total_steps, rule=rule, update_rule=update_rule)
     key = jax.random.key(config.seed)
     state = create_train_state(key, model, update_rule, tx, (1, *input_shape))
     step_kwargs = dict(model=model, rule=update_rule, tx=tx, key=jax.random.fold_in(key, 2),
@@ -209,7 +216,7 @@ def describe_model(config: ml_collections.ConfigDict, input_shape, num_classes: 
 
 def certify_config(config: ml_collections.ConfigDict, *, batch_size: int = 2,
                    input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
-                   rule: rules.UpdateRule | None = None):
+                   rule: rules.Rule | None = None):
     """The weight-transport certificate (`certify.certify_step`) of config's train step.
 
     Builds the step exactly as training does, on zero inputs of the dataset's image shape
@@ -225,8 +232,9 @@ def certify_config(config: ml_collections.ConfigDict, *, batch_size: int = 2,
     setup = create_setup(config, input_shape=shape, num_classes=num_classes or info.num_classes,
                          total_steps=100, normalization=info.normalization, donate=False)
     update_rule = rule or setup.rule
-    state = create_train_state(jax.random.key(0), setup.model, update_rule, setup.tx,
-                               (1, *shape))
+    tx = setup.tx if rule is None else create_optimizer(config, total_steps=100,
+                                                        update_rule=rule)
+    state = create_train_state(jax.random.key(0), setup.model, update_rule, tx, (1, *shape))
     images = jnp.zeros((batch_size, *shape))
     labels = jnp.zeros((batch_size,), jnp.int32)
 
@@ -234,7 +242,8 @@ def certify_config(config: ml_collections.ConfigDict, *, batch_size: int = 2,
         return setup.model.apply(steps.model_variables(params, state.batch_stats), x,
                                  train=False)
 
-    step = functools.partial(steps.train_step, **dict(setup.step_kwargs, rule=update_rule))
+    step = functools.partial(steps.train_step, **dict(setup.step_kwargs, rule=update_rule,
+                                                      tx=tx))
     return certify.certify_step(step, state, images, labels, forward_fn=forward)
 
 

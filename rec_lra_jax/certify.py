@@ -1,4 +1,4 @@
-"""Weight-transport certificate: inspects a traced train step (SPEC check 3).
+"""Weight-transport certificate: inspects a traced train step (docs/algorithm.md, check 3).
 
 A rule is certified when, in the jaxpr of one train step,
   (a) no forward weight of one layer enters another layer's target, error or update: every

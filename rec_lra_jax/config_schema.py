@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from rec_lra_jax.rules import RULES
+
 
 class ConfigError(ValueError):
     """A config with keys that do nothing or values out of range."""
@@ -51,9 +53,8 @@ WIDTHS = Check(lambda v: isinstance(v, tuple | list) and len(v) > 0 and all(
     isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in v),
     "a non-empty tuple of integers >= 1")
 
-MLP_RULES = ("rec_lra", "lra_e", "bp", "fa", "dfa")
-RESNET_RULES = ("rec_lra", "bp", "fa", "dfa", "sign_symmetry")
-FAMILY_RULES = {"mlp": MLP_RULES, "resnet": RESNET_RULES}
+RULE_NAMES = tuple(RULES)  # the one registry: rules.RULES
+FAMILY_RULES = {"mlp": RULE_NAMES, "resnet": RULE_NAMES}
 FAMILY_NAMES = {"mlp": "MLPs", "resnet": "ResNets"}
 STREAMING = ("imagenet2012",)
 
@@ -108,6 +109,9 @@ class Key(NamedTuple):
 
 
 LOCAL = ("rec_lra", "lra_e")
+INITS = ("lra_e", "unit", "he", "lecun")
+ACTIVATIONS = ("tanh", "relu", "leaky_relu", "sigmoid", "gelu", "silu", "elu", "softplus",
+               "identity")
 COMMON = {
     "dataset": Key(choice("mnist", "fashion_mnist", "cifar10", "imagenet2012")),
     "rule": Key(TEXT),
@@ -125,6 +129,12 @@ COMMON = {
     "lra.beta": Key(number(0, strict=True), rules(*LOCAL)),
     "lra.gamma": Key(number(0), rules(*LOCAL)),
     "lra.feedback_rule": Key(choice("kp", "fixed", "error_displacement"), rules(*LOCAL)),
+    "lra.error_unit": Key(choice("l2", "mixed", "cauchy"), rules(*LOCAL)),
+    "lra.alpha_skip": Key(number(0, hi=1), rules(*LOCAL)),
+    "lra.alpha_adjacent": Key(number(0, hi=1), rules(*LOCAL)),
+    "lra.feedback_init": Key(choice(*INITS), rules(*LOCAL)),
+    "lra.feedback_scale": Key(number(0, strict=True), rules(*LOCAL, "dfa")),
+    "lra.dx": Key(BOOL, rules(*LOCAL)),
     "optim.name": Key(choice("adamw", "sgd")),
     "optim.lr": Key(number(0, strict=True)),
     "optim.weight_decay": Key(number(0)),
@@ -148,17 +158,12 @@ COMMON = {
 MLP = {
     "model.name": Key(choice("mlp")),
     "model.hidden": Key(WIDTHS),
-    "model.activation": Key(choice("tanh", "relu", "leaky_relu", "sigmoid", "identity")),
+    "model.activation": Key(choice(*ACTIVATIONS)),
     "model.residual_gap": Key(integer(0)),
-    "model.init": Key(choice("lra_e", "unit", "he", "lecun")),
+    "model.init": Key(choice(*INITS)),
     "lra.depth": Key(integer(1), rules("rec_lra")),
     "lra.module_size": Key(integer(1), rules("rec_lra")),
-    "lra.error_unit": Key(choice("l2", "mixed", "cauchy"), rules(*LOCAL)),
-    "lra.alpha_skip": Key(number(0, hi=1), rules(*LOCAL)),
-    "lra.alpha_adjacent": Key(number(0, hi=1), rules(*LOCAL)),
-    "lra.feedback_init": Key(choice("lra_e", "unit", "he", "lecun"), rules(*LOCAL)),
-    "lra.dx": Key(BOOL, rules(*LOCAL)),
-    "lra.baseline_feedback_init": Key(choice("lra_e", "unit", "he", "lecun"), rules("fa", "dfa")),
+    "lra.baseline_feedback_init": Key(choice(*INITS), rules("fa", "dfa")),
 }
 RESNET = {
     "model.name": Key(choice("resnet")),
@@ -167,12 +172,12 @@ RESNET = {
     "model.stem": Key(choice("cifar", "imagenet")),
     "model.use_bn": Key(BOOL),
     "model.bn_affine": Key(BOOL),
-    "model.init": Key(choice("lra_e", "unit", "he", "lecun")),
-    "lra.depth": Key(choice(1, 2), rules("rec_lra")),
+    "model.init": Key(choice(*INITS)),
+    "lra.depth": Key(choice(1, 2, 3), rules("rec_lra")),
     "lra.skip_source": Key(choice("dense", "channel", "head"), rules("rec_lra")),
-    "lra.bn_error": Key(choice("jacobian", "output", "scaled"), rules("rec_lra")),
-    "lra.feedback_scale": Key(number(0, strict=True), rules("rec_lra", "dfa")),
+    "lra.bn_error": Key(choice("jacobian", "output", "scaled"), rules(*LOCAL, "dfa")),
     "lra.head_last": Key(BOOL, rules("rec_lra")),
+    "lra.baseline_feedback_init": Key(choice(*INITS), rules("dfa")),
 }
 FAMILIES = {"mlp": MLP, "resnet": RESNET}
 
@@ -232,9 +237,6 @@ def _combinations(flat: dict, family: str) -> list[str]:
             problems.append("lra.skip_source='head' needs lra.head_last=True: the head chain "
                             "drives each block from the block above, and the last block has "
                             "none but the head.")
-        if flat.get("lra.feedback_rule") == "error_displacement":
-            problems.append("lra.feedback_rule='error_displacement' is implemented for MLPs "
-                            "only; ResNets take 'kp' or 'fixed'.")
     if flat.get("dataset") in STREAMING and flat.get("data.source") in ("idx", "cifar"):
         problems.append(f"data.source={flat['data.source']!r} cannot hold {flat['dataset']}; "
                         f"use 'auto', 'tfds', 'folder' or 'synthetic'.")

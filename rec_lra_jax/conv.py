@@ -3,7 +3,7 @@
 Every function here is linear in the array it transposes and touches a single layer: the
 kernel delta is the weight cotangent of one convolution given its output error, and the
 displacement carried by an error-synapse kernel E is the transpose of the convolution
-with E (SPEC "ResNets", check 2). Both are built with `jax.linear_transpose` of that one
+with E (docs/algorithm.md, check 2). Both are built with `jax.linear_transpose` of that one
 linear map, so no derivative of the network (or of any nonlinearity) is ever taken.
 Layout: NHWC activations, HWIO kernels, symmetric integer padding as in `resnet.ConvBN`.
 """
@@ -39,7 +39,7 @@ def transpose_displacement(e: jax.Array, feedback_kernel: jax.Array,
     """d = conv_transpose(e, E): carries an error map back to a layer's input space.
 
     E has the shape of the forward kernel it stands in for and the same stride and padding,
-    so the cost equals backprop's input gradient for that layer (SPEC "ResNets").
+    so the cost equals backprop's input gradient for that layer (docs/algorithm.md, "Wiring").
     """
     spec = jax.ShapeDtypeStruct(input_shape, e.dtype)
     (d,) = jax.linear_transpose(

@@ -16,7 +16,7 @@ def layer_cosines(deltas: dict, grads: dict, leaf: str = "kernel") -> dict[str, 
     """{layer: cos(delta_l, grad_l)} for the `leaf` tensor of every layer in `grads`.
 
     A cosine near 1 means the local delta points along the backprop gradient; near -1
-    means a flipped sign somewhere (SPEC "Key property").
+    means a flipped sign somewhere (docs/algorithm.md, "Alignment").
     """
     return {name: tensor_cosine(_leaf(deltas[name], leaf), _leaf(grads[name], leaf))
             for name in sorted(grads)}
@@ -45,10 +45,8 @@ def make_cosine_fn(model, rule, bp_model, bp_rule, *, num_classes: int,
     def fn(params, feedback, batch_stats, images, labels):
         images = steps.normalize(images, normalization)
         onehot = jax.nn.one_hot(labels, num_classes)
-        deltas, _ = rule.deltas(params, feedback, images, onehot, model=model,
-                                batch_stats=batch_stats)
-        grads, _ = bp_rule.deltas(params, {}, images, onehot, model=bp_model,
-                                  batch_stats=batch_stats)
+        deltas = steps.rule_deltas(model, rule, params, feedback, batch_stats, images, onehot)
+        grads = steps.rule_deltas(bp_model, bp_rule, params, {}, batch_stats, images, onehot)
         return layer_cosines(deltas["params"], grads["params"])
 
     return fn

@@ -6,24 +6,37 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rec_lra_jax import feedback_ops
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,
     "leaky_relu": jax.nn.leaky_relu,
     "sigmoid": jax.nn.sigmoid,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "softplus": jax.nn.softplus,
     "identity": lambda x: x,
 }
 
 
-def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """Returns the elementwise activation called `name`, with a clear error otherwise."""
+def get_activation(name: str | Callable) -> Callable[[jax.Array], jax.Array]:
+    """The elementwise activation called `name` (or `name` itself if it is a callable).
+
+    Local rules take the activation's derivative locally (jax.jvp at the unit's own
+    pre-activation), so any differentiable elementwise callable works.
+    """
+    if callable(name):
+        return name
     if name not in ACTIVATIONS:
-        raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
+        raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)} "
+                         "or pass a callable.")
     return ACTIVATIONS[name]
 
 
 def kernel_initializer(scheme: str) -> nn.initializers.Initializer:
-    """Forward-weight init schemes of SPEC "Initialisation".
+    """Forward-weight init schemes (docs/algorithm.md, "Initialisation").
 
     "lra_e": N(0, 0.1^2) as in the authors' LRA-E code; "unit": N(0, 1) as in the paper;
     "he": N(0, 2 / fan_in); "lecun": N(0, 1 / fan_in) (flax's default).
@@ -44,11 +57,54 @@ def layer_name(index: int) -> str:
     return f"layer_{index:02d}"
 
 
+def feedback_variable(module: nn.Module, init, shape) -> jax.Array:
+    """The layer's fixed FA kernel from the "feedback" collection.
+
+    Created at init. Inference may omit the collection (the forward never reads it); then
+    zeros stand in, so a training call that forgets it sends nothing back instead of
+    silently running backprop.
+    """
+    if module.is_initializing() or module.has_variable("feedback", "kernel"):
+        return module.variable("feedback", "kernel",
+                               lambda: init(module.make_rng("params"), shape)).value
+    return jnp.zeros(shape)
+
+
+class FeedbackDense(nn.Module):
+    """A dense layer (nn.Dense's parameter layout) whose vjp may use a feedback kernel.
+
+    backward: "exact" (backprop), "fa" (a fixed random kernel in the "feedback"
+    collection) or "sign" (sign(W), uSF); the forward is the same for all three.
+    """
+
+    features: int
+    backward: str = "exact"
+    init_scheme: str = "lecun"
+    use_bias: bool = True
+    feedback_init: str | None = None  # FA kernels' init scheme; None: init_scheme
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (x.shape[-1], self.features)
+        init = kernel_initializer(self.init_scheme)
+        kernel = self.param("kernel", init, shape)
+        bias = (self.param("bias", nn.initializers.zeros, (self.features,))
+                if self.use_bias else 0.0)
+        if self.backward == "exact":
+            return x @ kernel + bias
+        feedback = None
+        if self.backward == "fa":
+            feedback = feedback_variable(
+                self, kernel_initializer(self.feedback_init or self.init_scheme), shape)
+        return feedback_ops.feedback_dense(
+            x, kernel, feedback_ops.backward_kernel(kernel, feedback, self.backward)) + bias
+
+
 def residual_source(layer: int, gap: int, widths: Sequence[int]) -> int | None:
     """Layer whose activity is added to layer `layer`'s pre-activation, or None.
 
     Layers are 1-based, widths[0] is the input width. Every `gap`-th layer (l % gap == 0)
-    below the output gets z_{l - gap} added when the widths match (SPEC "rec-LRA" 1).
+    below the output gets z_{l - gap} added when the widths match (rec-LRA's residual gap g).
     """
     num_layers = len(widths) - 1
     if gap <= 0 or layer % gap or layer >= num_layers:
@@ -68,15 +124,19 @@ class MLP(nn.Module):
 
     Attributes:
       features: widths of the hidden layers followed by the number of classes.
-      activation: hidden nonlinearity phi (key of ACTIVATIONS).
+      activation: hidden nonlinearity phi (key of ACTIVATIONS or a callable).
       residual_gap: g; 0 disables residual connections.
       init_scheme: forward-weight init scheme (see `kernel_initializer`).
+      backward: what autodiff sends back through each layer: "exact", "fa" or "sign"
+        (see `FeedbackDense`); only the autodiff baselines change it.
     """
 
     features: Sequence[int]
-    activation: str = "tanh"
+    activation: str | Callable = "tanh"
     residual_gap: int = 0
     init_scheme: str = "lra_e"
+    backward: str = "exact"
+    feedback_init: str | None = None  # backward="fa": the feedback kernels' init scheme
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict:
@@ -94,12 +154,14 @@ class MLP(nn.Module):
         widths = (z.shape[-1], *self.features)
         zs, hs = [z], []
         for l, width in enumerate(self.features, start=1):
-            h = nn.Dense(
-                width,
-                name=layer_name(l - 1),
-                kernel_init=kernel_initializer(self.init_scheme),
-                bias_init=nn.initializers.zeros,
-            )(zs[-1])
+            if self.backward == "exact":
+                h = nn.Dense(width, name=layer_name(l - 1),
+                             kernel_init=kernel_initializer(self.init_scheme),
+                             bias_init=nn.initializers.zeros)(zs[-1])
+            else:
+                h = FeedbackDense(width, self.backward, self.init_scheme,
+                                  feedback_init=self.feedback_init,
+                                  name=layer_name(l - 1))(zs[-1])
             source = residual_source(l, self.residual_gap, widths)
             if source is not None:
                 h = h + zs[source]

@@ -2,9 +2,9 @@
 
 One forward serves training and inference (`train` selects batch or running BatchNorm
 statistics). Besides the logits it returns, per weight layer, what a local rule needs
-(SPEC "ResNets"): the conv input, the conv output, the BatchNorm-normalised x_hat and
-1/sigma, the BatchNorm output, and per block the shortcut term, the block pre-activation
-h_b and the block output u_b = relu(h_b).
+(docs/algorithm.md, "Model contract"): the conv input, the conv output, the
+BatchNorm-normalised x_hat, 1/sigma and gain, the BatchNorm output, and per block the
+shortcut term, the block pre-activation h_b and the block output u_b = relu(h_b).
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from rec_lra_jax import feedback_ops
-from rec_lra_jax.models import kernel_initializer
+from rec_lra_jax.models import FeedbackDense, feedback_variable, kernel_initializer
 
 STAGES = {
     18: ("basic", (2, 2, 2, 2)),
@@ -29,7 +29,8 @@ def block_name(index: int) -> str:
 
 
 class BatchNorm(nn.Module):
-    """BatchNorm over (N, H, W) that also returns x_hat and 1/sigma for local updates.
+    """BatchNorm over (N, H, W) that also returns x_hat, 1/sigma and its gain scale/sigma
+    (the local signals a rule needs to carry an error through it, without reading params).
 
     Training uses batch statistics and updates the running averages in "batch_stats";
     eval uses the running averages. With `affine=False` there is no scale or bias.
@@ -54,24 +55,13 @@ class BatchNorm(nn.Module):
             mean, var = mean_var.value, var_var.value
         inv_std = jax.lax.rsqrt(var + self.epsilon)
         xhat = (x - mean) * inv_std
-        out = xhat
+        out, gain = xhat, inv_std
         if self.affine:
-            out = xhat * self.param("scale", nn.initializers.ones, (channels,))
+            scale = self.param("scale", nn.initializers.ones, (channels,))
+            out = xhat * scale
             out = out + self.param("bias", nn.initializers.zeros, (channels,))
-        return {"xhat": xhat, "inv_std": inv_std, "bn": out}
-
-
-def _feedback_variable(module: nn.Module, init, shape) -> jax.Array:
-    """The layer's fixed FA kernel from the "feedback" collection.
-
-    Created at init. Inference may omit the collection (the forward never reads it); then
-    zeros stand in, so a training call that forgets it sends nothing back instead of
-    silently running backprop.
-    """
-    if module.is_initializing() or module.has_variable("feedback", "kernel"):
-        return module.variable("feedback", "kernel",
-                               lambda: init(module.make_rng("params"), shape)).value
-    return jnp.zeros(shape)
+            gain = inv_std * scale
+        return {"xhat": xhat, "inv_std": inv_std, "gain": gain, "bn": out}
 
 
 class FeedbackConv(nn.Module):
@@ -92,31 +82,10 @@ class FeedbackConv(nn.Module):
         kernel = self.param("kernel", kernel_initializer(self.init_scheme), shape)
         feedback = None
         if self.backward == "fa":
-            feedback = _feedback_variable(self, kernel_initializer(self.init_scheme), shape)
+            feedback = feedback_variable(self, kernel_initializer(self.init_scheme), shape)
         return feedback_ops.feedback_conv(
             x, kernel, feedback_ops.backward_kernel(kernel, feedback, self.backward),
             self.strides, (self.kernel - 1) // 2)
-
-
-class Head(nn.Module):
-    """The dense classifier (nn.Dense's parameter layout) with an optional feedback vjp."""
-
-    features: int
-    backward: str = "exact"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (x.shape[-1], self.features)
-        init = kernel_initializer("lecun")
-        kernel = self.param("kernel", init, shape)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        if self.backward == "exact":
-            return x @ kernel + bias
-        feedback = None
-        if self.backward == "fa":
-            feedback = _feedback_variable(self, init, shape)
-        return feedback_ops.feedback_dense(
-            x, kernel, feedback_ops.backward_kernel(kernel, feedback, self.backward)) + bias
 
 
 class ConvBN(nn.Module):
@@ -157,7 +126,7 @@ class ResNet(nn.Module):
       num_classes: output width.
       width: channels of the first stage (64 in the standard nets; smaller fits a CPU).
       stem: "cifar" (3x3 stride 1, no max-pool) or "imagenet" (7x7 stride 2 + 3x3 max-pool).
-      use_bn, bn_affine: the SPEC's BatchNorm ablations (no BN, no-affine BN).
+      use_bn, bn_affine: BatchNorm ablations (no BN, no-affine BN).
       init_scheme: conv / dense init (see `models.kernel_initializer`).
       backward: what autodiff sends back through each layer: "exact" (backprop), "fa"
         (fixed random kernels in the "feedback" collection) or "sign" (sign(W), uSF).
@@ -212,7 +181,7 @@ class ResNet(nn.Module):
                 blocks[block_name(index)] = block
                 u, index = block["post"], index + 1
         pooled = jnp.mean(u, axis=(1, 2))
-        logits = Head(self.num_classes, self.backward, name="head")(pooled)
+        logits = FeedbackDense(self.num_classes, self.backward, name="head")(pooled)
         return {"stem": stem, "blocks": blocks, "head": {"input": pooled}, "logits": logits}
 
     def _block(self, kind: str, u, features: int, strides: int, name: str, train: bool) -> dict:
@@ -226,7 +195,10 @@ class ResNet(nn.Module):
         block, z = {}, u
         for i, (layer, feats, kernel, s) in enumerate(specs):
             block[layer] = self._conv(feats, kernel, s, name=f"{name}_{layer}")(z, train=train)
-            z = nn.relu(block[layer]["bn"]) if i < len(specs) - 1 else block[layer]["bn"]
+            if i < len(specs) - 1:
+                z = block[layer]["post"] = nn.relu(block[layer]["bn"])
+            else:
+                z = block[layer]["bn"]
         if strides != 1 or u.shape[-1] != out_features:
             block["proj"] = self._conv(out_features, 1, strides, name=f"{name}_proj")(
                 u, train=train)

@@ -1,211 +1,244 @@
-"""Update rules: rec-LRA, LRA-E and the baselines, each mapping a batch to a delta pytree.
+"""Update rules as optax transforms: rec-LRA, LRA-E, DFA and the autodiff baselines.
 
-A rule is an `UpdateRule(init, deltas)` pair, in the spirit of optax's
-`GradientTransformation`:
+Each factory returns an `optax.GradientTransformationExtraArgs` (a `Rule`). A local rule's
+`update(updates, state, params, *, signals, labels)` ignores the incoming updates and
+returns the local deltas of params = {"params": forward params, "feedback": error
+synapses}, computed from the forward `signals` of the model, the one-hot `labels` and the
+synapses alone (optax's `scale_by_polyak` is the precedent for side inputs passed as
+keywords). So rules compose like any optax transform:
 
-  feedback = rule.init(key, params)
-  deltas, aux = rule.deltas(params, feedback, x, labels, model=model)
+>>> import jax, jax.numpy as jnp, optax
+>>> import rec_lra_jax as rl
+>>> model = rl.MLP(features=(32, 32, 10), activation="tanh")
+>>> x, labels = jnp.ones((8, 784)), jax.nn.one_hot(jnp.arange(8) % 10, 10)
+>>> params = model.init(jax.random.key(0), x)["params"]
+>>> signals = model.apply({"params": params}, x)
+>>> rule = rl.rec_lra(beta=0.1, activation="tanh")
+>>> trainables = {"params": params,
+...               "feedback": rule.init_feedback(jax.random.key(1), signals, params)}
+>>> tx = optax.chain(rule, optax.adam(1e-3))
+>>> updates, _ = tx.update(trainables, tx.init(trainables), trainables,
+...                        signals=signals, labels=labels)
+>>> updates["params"]["layer_00"]["kernel"].shape
+(784, 32)
 
-`deltas` is {"params": <like params>, "feedback": <like feedback>}, a descent direction
-for every tensor, handed as is to an optax chain (see `transforms.py`). Only `backprop`
-differentiates through the network; the others run one forward pass, one top-down sweep
-(`targets.compute_errors`) and one local correlation per layer.
+The autodiff rules (`backprop`, `feedback_alignment`, `sign_symmetry`) pass the gradient
+they are given through: the train step differentiates a model built with the rule's
+`backward` ("exact", "fa" or "sign"), whose feedback layers decide what flows back.
+The equations, every option and its default: docs/algorithm.md; the paper: Ororbia et al.,
+"Backpropagation-free deep learning with recursive local representation alignment",
+AAAI 2023.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from rec_lra_jax import targets
-from rec_lra_jax.models import get_activation, layer_name
-
-FEEDBACK_RULES = ("kp", "fixed", "error_displacement")
-FEEDBACK_INITS = ("lra_e", "unit", "he", "lecun")
-
-Params = Any
-Deltas = dict[str, Any]
+from rec_lra_jax import local, sweep
+from rec_lra_jax.models import get_activation
+from rec_lra_jax.wiring import Wiring, build
 
 
-class UpdateRule(NamedTuple):
-    """A learning rule: `init(key, params, *, model, x) -> feedback` and
-    `deltas(params, feedback, x, labels, *, model, batch_stats=None) -> (deltas, aux)`.
+class Rule(optax.GradientTransformationExtraArgs):
+    """An optax transform with three more attributes:
 
-    aux has "logits" and, for models with BatchNorm, the new "batch_stats". The MLP rules
-    ignore model/x in init and batch_stats in deltas.
+    autodiff: the train step passes the autodiff gradient of a model built with `backward`
+      as the incoming updates (backprop, FA, sign symmetry); otherwise it passes the forward
+      signals and labels as extra args and the rule computes the local deltas.
+    backward: what autodiff sends back through the model's layers ("exact", "fa", "sign").
+    init_feedback(key, signals, params): the rule's random error synapses ({} if none).
     """
 
-    init: Callable[[jax.Array, Params], Params]
-    deltas: Callable[..., tuple[Deltas, dict[str, jax.Array]]]
+
+def _rule(init_fn, update_fn, *, autodiff=False, backward="exact", init_feedback=None) -> Rule:
+    rule = Rule(init_fn, update_fn)
+    rule.autodiff, rule.backward = autodiff, backward
+    rule.init_feedback = init_feedback or (lambda key, signals, params: {})
+    return rule
 
 
-def layer_widths(params: Params) -> tuple[int, ...]:
-    """Output widths d_1..d_L of the dense layers in `params`, in depth order."""
-    names = sorted(params)
-    return tuple(params[n]["kernel"].shape[-1] for n in names)
+def _check(value, allowed, what):
+    if value not in allowed:
+        raise ValueError(f"Unknown {what} {value!r}; choose one of {allowed}.")
 
 
-def init_feedback(
-    key: jax.Array, params: Params, sources: Sequence[int], scheme: str = "lra_e"
-) -> dict[str, jax.Array]:
-    """Error synapses E_{src(l)->l}, shape (d_src, d_l), keyed by the receiving layer.
-
-    Schemes (SPEC "Initialisation"): "lra_e" and "unit": N(0, 1); "he": N(0, 2 / d_src);
-    "lecun": N(0, 1 / d_src).
-    """
-    variance = {"lra_e": lambda fan_in: 1.0, "unit": lambda fan_in: 1.0,
-                "he": lambda fan_in: 2.0 / fan_in, "lecun": lambda fan_in: 1.0 / fan_in}
-    if scheme not in variance:
-        raise ValueError(f"Unknown feedback init {scheme!r}; choose one of {FEEDBACK_INITS}.")
-    widths = layer_widths(params)
-    feedback = {}
-    for l, src in enumerate(sources, start=1):
-        shape = (widths[src - 1], widths[l - 1])
-        std = variance[scheme](shape[0]) ** 0.5
-        feedback[layer_name(l - 1)] = std * jax.random.normal(jax.random.fold_in(key, l), shape)
-    return feedback
+def check_labels(signals: dict, labels: jax.Array) -> None:
+    logits = signals["logits"]
+    if labels.shape != logits.shape:
+        raise ValueError(f"labels must be one-hot with the logits' shape {logits.shape}; got "
+                         f"{labels.shape}.")
 
 
-def dense_deltas(
-    acts: dict, errors: Sequence[jax.Array], *, phi: Callable | None = None
-) -> dict[str, dict[str, jax.Array]]:
-    """Local forward-weight deltas dW_l = z_{l-1}^T e_l / B, db_l = mean_batch(e_l).
+def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
+               gamma: Any = 1.0, error_unit: str = "l2", alpha_skip: Any = 1.0,
+               alpha_adjacent: Any = 1.0, feedback_rule: str = "kp",
+               feedback_init: str | None = None, feedback_scale: Any = 1.0, dx: bool = False,
+               bn_error: str = "jacobian", activation: str | Callable | None = None) -> Rule:
+    """A rule that is one top-down sweep plus local deltas (see `rec_lra` for the options)."""
+    _check(mode, sweep.MODES, "mode")
+    _check(error_unit, sweep.ERROR_UNITS, "error unit")
+    _check(feedback_rule, local.FEEDBACK_RULES, "feedback rule")
+    _check(bn_error, sweep.NORM_ERRORS, "bn_error")
+    if feedback_init is not None:
+        _check(feedback_init, local.FEEDBACK_INITS, "feedback init")
+    phi = get_activation(activation) if activation is not None else None
 
-    Each is the gradient of the layer's local loss <z_{l-1} W_l + b_l, e_l> / B with its
-    input and error units held fixed: no phi', no other layer's weights. With `phi`
-    given (the "dx" ablation) hidden errors are first multiplied by phi'(h_l).
-    """
-    batch = errors[-1].shape[0]
-    num_layers = len(errors)
-    out = {}
-    for l, (z_in, e) in enumerate(zip(acts["inputs"], errors, strict=True), start=1):
-        if phi is not None and l < num_layers:
-            e = jax.jvp(phi, (acts["pre"][l - 1],), (e,))[1]
-        out[layer_name(l - 1)] = {"kernel": z_in.T @ e / batch, "bias": jnp.mean(e, axis=0)}
-    return out
+    def graph(signals, params):
+        return build(wiring, signals, params, phi)
 
+    def init_feedback(key, signals, params):
+        return local.init_synapses(key, graph(signals, params), feedback_init, feedback_scale)
 
-def feedback_deltas(
-    acts: dict,
-    errors: Sequence[jax.Array],
-    displacements: dict[str, jax.Array],
-    sources: Sequence[int],
-    *,
-    rule: str = "kp",
-    gamma: float = 1.0,
-) -> dict[str, jax.Array]:
-    """Error-synapse deltas (SPEC "Updates").
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
 
-    "kp" (default, Kolen-Pollack): dE_{j->l} = gamma e_j^T z_l / B, the transpose of the
-    delta a weight from l to j would get; "error_displacement": -gamma e_j^T d_l / B;
-    "fixed": zeros.
-    """
-    if rule not in FEEDBACK_RULES:
-        raise ValueError(f"Unknown feedback rule {rule!r}; choose one of {FEEDBACK_RULES}.")
-    batch = errors[-1].shape[0]
-    out = {}
-    for l, src in enumerate(sources, start=1):
-        name = layer_name(l - 1)
-        e_src = errors[src - 1]
-        if rule == "kp":
-            out[name] = gamma * e_src.T @ acts["post"][l - 1] / batch
-        elif rule == "error_displacement":
-            out[name] = -gamma * e_src.T @ displacements[name] / batch
-        else:
-            out[name] = jnp.zeros((e_src.shape[-1], acts["post"][l - 1].shape[-1]))
-    return out
+    def update_fn(updates, state, params, *, signals, labels, **unused):
+        del updates, unused
+        check_labels(signals, labels)
+        g = graph(signals, params["params"])
+        errors = sweep.run(g, signals, labels, params["feedback"], beta=beta, mode=mode,
+                           error_unit=error_unit, alpha_skip=alpha_skip,
+                           alpha_adjacent=alpha_adjacent, norm=bn_error)
+        deltas = {"params": local.layer_deltas(g, signals, errors, dx=dx, norm=bn_error),
+                  "feedback": local.synapse_deltas(g, signals, errors, rule=feedback_rule,
+                                                   gamma=gamma)}
+        return deltas, state
+
+    return _rule(init_fn, update_fn, init_feedback=init_feedback)
 
 
-def _check_inputs(x: jax.Array, labels: jax.Array) -> None:
-    if labels.ndim != 2 or labels.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"labels must be one-hot with shape (batch, classes); got {labels.shape} "
-            f"for a batch of shape {x.shape}."
-        )
-
-
-def local_rule(
-    wiring: Callable[[int], Sequence[int]],
-    *,
-    mode: str = "target",
-    beta: float = 0.1,
-    gamma: float = 1.0,
-    error_unit: str = "l2",
-    alpha_skip: float = 1.0,
-    alpha_adjacent: float = 1.0,
-    feedback_rule: str = "kp",
-    feedback_init: str = "lra_e",
-    dx: bool = False,
-) -> UpdateRule:
-    """Builds a local rule from a wiring L -> (src(1), ..., src(L-1)) and its options.
-
-    All keyword arguments are those of SPEC "Interpretation choices"; see `rec_lra`.
-    """
-    for value, allowed in ((feedback_rule, FEEDBACK_RULES), (feedback_init, FEEDBACK_INITS),
-                           (error_unit, targets.ERROR_UNITS), (mode, targets.MODES)):
-        if value not in allowed:
-            raise ValueError(f"Unknown option {value!r}; choose one of {allowed}.")
-
-    def init_fn(key, params, **unused):
-        del unused  # model, x: the ResNet rules need them to size their synapses
-        return init_feedback(key, params, wiring(len(params)), feedback_init)
-
-    def deltas_fn(params, feedback, x, labels, *, model: nn.Module, batch_stats=None):
-        del batch_stats  # the MLP has no BatchNorm
-        _check_inputs(x, labels)
-        phi = get_activation(model.activation)
-        acts = model.apply({"params": params}, x)
-        sources = wiring(len(acts["pre"]))
-        errors, displacements = targets.compute_errors(
-            acts, labels, feedback, sources=sources, phi=phi, beta=beta, mode=mode,
-            error_unit=error_unit, alpha_skip=alpha_skip, alpha_adjacent=alpha_adjacent,
-        )
-        deltas = {
-            "params": dense_deltas(acts, errors, phi=phi if dx else None),
-            "feedback": feedback_deltas(
-                acts, errors, displacements, sources, rule=feedback_rule, gamma=gamma
-            ),
-        }
-        return deltas, {"logits": acts["logits"], "errors": errors}
-
-    return UpdateRule(init_fn, deltas_fn)
-
-
-def rec_lra(*, module_size: int = 2, depth: int = 2, **kwargs) -> UpdateRule:
+def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
+            error_unit: str = "l2", alpha_skip: Any = 1.0, alpha_adjacent: Any = 1.0,
+            feedback_rule: str = "kp", feedback_init: str | None = None,
+            feedback_scale: Any = 1.0, dx: bool = False, bn_error: str = "jacobian",
+            activation: str | Callable | None = None) -> Rule:
     """Recursive local representation alignment (Ororbia et al., AAAI 2023).
 
-    Layers get targets ybar_l = phi(h_l - beta e_src E_{src->l}) from error skips over a
-    module tree (`targets.recursive_sources`), update with dW_l = z_{l-1}^T e_l / B, and
-    error synapses learn by Kolen-Pollack. Keyword arguments: beta, gamma, error_unit,
-    alpha_skip, alpha_adjacent, feedback_rule, feedback_init, dx.
+    Each unit gets the target ybar = phi(h - beta d) from a displacement d carried by its
+    error synapse from an error up to `depth` hops away (`rl.Wiring`, default: module
+    size 2, depth 2, dense skips, the last block of a residual net through the head);
+    weights update with their local deltas; synapses learn by Kolen-Pollack.
+
+    Args:
+      beta: target nudge; gamma: synapse rate (both may be scheduled through
+        `optax.inject_hyperparams`).
+      wiring: which error drives each unit (`rl.Wiring`).
+      error_unit, alpha_skip, alpha_adjacent: error units eps ("l2", "mixed", "cauchy")
+        and the mixed units' alpha at skip and adjacent endpoints.
+      feedback_rule: "kp", "error_displacement" or "fixed".
+      feedback_init, feedback_scale: synapse init (None: "lra_e" on dense chains, "he" on
+        residual nets) and a multiplier of its std.
+      dx: ablation: multiply each hidden layer's error by phi'(h) in its weight delta.
+      bn_error: "jacobian", "output" or "scaled": a conv's error behind its BatchNorm.
+      activation: the hidden activation of a dense chain (a name or a callable; residual
+        nets use relu). With `inject_hyperparams`, pass a callable in `static_args`.
+
+    Example (a residual net; a dense chain is in the module docstring):
+
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import rec_lra_jax as rl
+    >>> model = rl.ResNet(depth=18, num_classes=10, width=4, stem="cifar")
+    >>> x, labels = jnp.ones((2, 8, 8, 3)), jnp.eye(10)[:2]
+    >>> variables = model.init(jax.random.key(0), x)
+    >>> signals, _ = model.apply(variables, x, mutable=["batch_stats"])
+    >>> rule = optax.inject_hyperparams(rl.rec_lra)(beta=optax.linear_schedule(0.05, 0.2, 100))
+    >>> feedback = rl.rec_lra().init_feedback(jax.random.key(1), signals, variables["params"])
+    >>> trainables = {"params": variables["params"], "feedback": feedback}
+    >>> tx = optax.chain(rule, optax.sgd(0.1))
+    >>> updates, _ = tx.update(trainables, tx.init(trainables), trainables, signals=signals,
+    ...                        labels=labels)
+    >>> updates["feedback"]["block_00_conv1"].shape  # conv-transpose synapse inside a block
+    (3, 3, 4, 4)
     """
-    return local_rule(
-        lambda n: targets.recursive_sources(n, module_size=module_size, depth=depth), **kwargs
-    )
+    return local_rule(wiring=wiring or Wiring(), beta=beta, gamma=gamma,
+                      error_unit=error_unit, alpha_skip=alpha_skip,
+                      alpha_adjacent=alpha_adjacent, feedback_rule=feedback_rule,
+                      feedback_init=feedback_init, feedback_scale=feedback_scale, dx=dx,
+                      bn_error=bn_error, activation=activation)
 
 
-def lra_e(**kwargs) -> UpdateRule:
-    """LRA-E (Ororbia & Mali, AAAI 2019): rec-LRA's sweep with adjacent wiring only."""
-    return local_rule(targets.adjacent_sources, **kwargs)
+def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
+          alpha_skip: Any = 1.0, alpha_adjacent: Any = 1.0, feedback_rule: str = "kp",
+          feedback_init: str | None = None, feedback_scale: Any = 1.0, dx: bool = False,
+          bn_error: str = "jacobian", activation: str | Callable | None = None) -> Rule:
+    """LRA-E (Ororbia & Mali, AAAI 2019): rec-LRA with every unit driven from the one above.
+
+    Takes rec_lra's options but `wiring` (on residual nets: each block from the block
+    above through a conv-transpose synapse, the last through the head).
+
+    >>> import rec_lra_jax as rl
+    >>> rl.lra_e(beta=0.05, activation="relu").autodiff
+    False
+    """
+    return rec_lra(wiring=Wiring("adjacent"), beta=beta, gamma=gamma, error_unit=error_unit,
+                   alpha_skip=alpha_skip, alpha_adjacent=alpha_adjacent,
+                   feedback_rule=feedback_rule, feedback_init=feedback_init,
+                   feedback_scale=feedback_scale, dx=dx, bn_error=bn_error,
+                   activation=activation)
 
 
-def feedback_alignment(*, feedback_init: str = "lecun") -> UpdateRule:
-    """Feedback alignment (Lillicrap et al. 2016): delta_l = phi'(h_l) (delta_{l+1} B_l)."""
-    return local_rule(
-        targets.adjacent_sources, mode="gradient", feedback_rule="fixed",
-        feedback_init=feedback_init,
-    )
+def dfa(*, feedback_init: str | None = None, feedback_scale: Any = 1.0,
+        skip_source: str = "dense", bn_error: str = "jacobian",
+        activation: str | Callable | None = None) -> Rule:
+    """Direct feedback alignment (Nokland 2016): e_u = phi'(h_u) (e_out B_u), fixed random B.
+
+    >>> import rec_lra_jax as rl
+    >>> rl.dfa(activation="tanh").backward
+    'exact'
+    """
+    return local_rule(wiring=Wiring("direct", skip_source=skip_source, head_last=False),
+                      mode="gradient", feedback_rule="fixed", feedback_init=feedback_init,
+                      feedback_scale=feedback_scale, bn_error=bn_error, activation=activation)
 
 
-def direct_feedback_alignment(*, feedback_init: str = "lecun") -> UpdateRule:
-    """Direct feedback alignment (Nokland 2016): delta_l = phi'(h_l) (e_L B_l)."""
-    return local_rule(
-        targets.direct_sources, mode="gradient", feedback_rule="fixed",
-        feedback_init=feedback_init,
-    )
+def _autodiff(backward: str) -> Rule:
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, **unused):
+        del unused
+        feedback = params["feedback"] if params is not None else updates["feedback"]
+        return {"params": updates["params"],
+                "feedback": jax.tree.map(jnp.zeros_like, feedback)}, state
+
+    return _rule(init_fn, update_fn, autodiff=True, backward=backward)
+
+
+def backprop() -> Rule:
+    """Backpropagation: passes the autodiff gradient of the cross-entropy through.
+
+    >>> import rec_lra_jax as rl
+    >>> rl.backprop().autodiff
+    True
+    """
+    return _autodiff("exact")
+
+
+def feedback_alignment() -> Rule:
+    """Feedback alignment (Lillicrap et al. 2016): autodiff through a model built with
+    backward="fa", whose layers send errors back through fixed random kernels.
+
+    >>> import rec_lra_jax as rl
+    >>> rl.feedback_alignment().backward
+    'fa'
+    """
+    return _autodiff("fa")
+
+
+def sign_symmetry() -> Rule:
+    """Sign symmetry (Liao et al. 2016, uSF): autodiff through a model built with
+    backward="sign", whose layers send errors back through sign(W).
+
+    >>> import rec_lra_jax as rl
+    >>> rl.sign_symmetry().backward
+    'sign'
+    """
+    return _autodiff("sign")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -213,27 +246,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(optax.softmax_cross_entropy(logits, labels))
 
 
-def backprop() -> UpdateRule:
-    """Backpropagation baseline: deltas are jax.grad of the mean cross-entropy."""
+class Spec(NamedTuple):
+    """A registered rule: its factory, and whether its error synapses learn."""
 
-    def init_fn(key, params, **unused):
-        del key, params, unused
-        return {}
+    factory: Callable[..., Rule]
+    learns_feedback: bool  # with feedback_rule != "fixed"
+    local: bool  # reads the lra.* options
 
-    def deltas_fn(params, feedback, x, labels, *, model: nn.Module, batch_stats=None):
-        del feedback, batch_stats
-        _check_inputs(x, labels)
 
-        def loss_fn(p):
-            acts = model.apply({"params": p}, x)
-            return cross_entropy(acts["logits"], labels), acts["logits"]
-
-        grads, logits = jax.grad(loss_fn, has_aux=True)(params)
-        return {"params": grads, "feedback": {}}, {"logits": logits}
-
-    return UpdateRule(init_fn, deltas_fn)
+RULES = {
+    "rec_lra": Spec(rec_lra, True, True),
+    "lra_e": Spec(lra_e, True, True),
+    "dfa": Spec(dfa, False, True),
+    "bp": Spec(backprop, False, False),
+    "fa": Spec(feedback_alignment, False, False),
+    "sign_symmetry": Spec(sign_symmetry, False, False),
+}
 
 
 def feedback_is_learned(rule: str, feedback_rule: str = "kp") -> bool:
     """Whether the rule's error synapses are trained (and so get an optimizer)."""
-    return rule in ("rec_lra", "lra_e") and feedback_rule != "fixed"
+    return RULES[rule].learns_feedback and feedback_rule != "fixed"

@@ -60,15 +60,62 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def forward(model, params, feedback, batch_stats, images, *, autodiff: bool = False):
+    """The one forward pass of a train step: (signals, new BatchNorm statistics).
+
+    A model built for an autodiff baseline also reads its fixed feedback kernels (the
+    "feedback" collection); local rules' error synapses are not model variables.
+    """
+    variables = model_variables(params, batch_stats)
+    if autodiff and feedback:
+        variables["feedback"] = feedback
+    signals, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    return signals, updates.get("batch_stats", batch_stats)
+
+
+def rule_inputs(model, rule: rules.Rule, params, feedback, batch_stats, images, onehot):
+    """(incoming updates, signals, new batch statistics) for the rule's `update`.
+
+    Autodiff rules get the gradient of the cross-entropy through the model (built with
+    their `backward`); local rules compute their own deltas and ignore the incoming updates.
+    """
+    backward = getattr(model, "backward", "exact")
+    if backward != rule.backward:
+        raise ValueError(f"This rule needs a model built with backward={rule.backward!r}; got "
+                         f"{backward!r} (builder.create_model builds the right one).")
+    if rule.autodiff:
+        def loss_fn(p):
+            signals, stats = forward(model, p, feedback, batch_stats, images, autodiff=True)
+            return rules.cross_entropy(signals["logits"], onehot), (signals, stats)
+
+        grads, (signals, stats) = jax.grad(loss_fn, has_aux=True)(params)
+        return {"params": grads, "feedback": feedback}, signals, stats
+    signals, stats = forward(model, params, feedback, batch_stats, images)
+    return {"params": params, "feedback": feedback}, signals, stats
+
+
+def rule_deltas(model, rule: rules.Rule, params, feedback, batch_stats, images, onehot):
+    """The rule's deltas on one batch, before any optimizer: {"params", "feedback"}."""
+    incoming, signals, _ = rule_inputs(model, rule, params, feedback, batch_stats, images,
+                                       onehot)
+    trainables = {"params": params, "feedback": feedback}
+    deltas, _ = rule.update(incoming, rule.init(trainables), trainables, signals=signals,
+                            labels=onehot)
+    return deltas
+
+
 def train_step(
     state: TrainState, images: jax.Array, labels: jax.Array, *,
-    model, rule: rules.UpdateRule, tx: optax.GradientTransformation,
+    model, rule: rules.Rule, tx: optax.GradientTransformation,
     key: jax.Array, noise_std: float, num_classes: int, sharding=None, augment: str = "none",
     normalization: str = "unit",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update: augmentation, input noise, the rule's deltas, the optax chain. Pure.
+    """One update: augmentation, input noise, one forward pass, the optax chain. Pure.
 
-    metrics["finite"] says whether the loss is finite (`train_steps` adds the parameters).
+    `tx` starts with the rule (`rules.Rule`), which gets the forward signals and one-hot
+    labels as extra args (local rules) or the autodiff gradient as its incoming updates
+    (rule.autodiff). metrics["finite"] says whether the loss is finite (`train_steps` adds
+    the parameters).
     """
     if sharding is not None:
         images = jax.lax.with_sharding_constraint(images, sharding)
@@ -82,19 +129,20 @@ def train_step(
         noise_key = jax.random.fold_in(key, state.step)
         images = images + noise_std * jax.random.normal(noise_key, images.shape, images.dtype)
     onehot = jax.nn.one_hot(labels, num_classes)
-    deltas, aux = rule.deltas(state.params, state.feedback, images, onehot, model=model,
-                              batch_stats=state.batch_stats)
     trainables = {"params": state.params, "feedback": state.feedback}
-    updates, opt_state = tx.update(deltas, state.opt_state, trainables)
+    incoming, signals, batch_stats = rule_inputs(model, rule, state.params, state.feedback,
+                                                 state.batch_stats, images, onehot)
+    updates, opt_state = tx.update(incoming, state.opt_state, trainables, signals=signals,
+                                   labels=onehot)
     trainables = optax.apply_updates(trainables, updates)
-    loss = rules.cross_entropy(aux["logits"], onehot)
+    loss = rules.cross_entropy(signals["logits"], onehot)
     metrics = {
         "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == labels),
+        "accuracy": jnp.mean(jnp.argmax(signals["logits"], -1) == labels),
         "finite": jnp.isfinite(loss),
     }
     new_state = state.replace(step=state.step + 1, opt_state=opt_state,
-                              batch_stats=aux.get("batch_stats", state.batch_stats), **trainables)
+                              batch_stats=batch_stats, **trainables)
     return new_state, metrics
 
 

@@ -14,7 +14,7 @@ class ClipByTensorNormState(NamedTuple):
 def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
     """Re-projects every tensor onto the Frobenius ball of radius `max_norm`.
 
-    SPEC "Update re-projection": delta <- delta * min(1, c / ||delta||_F), per tensor.
+    docs/algorithm.md, "Update re-projection": delta <- delta * min(1, c / ||delta||_F), per tensor.
     Unlike `optax.clip_by_global_norm` nothing couples the layers, so each layer's update
     stays a function of that layer's own delta.
 

@@ -41,3 +41,31 @@ def smoke_config(module=None, **overrides):
                 node = node[p]
             node[leaf] = value
     return config
+
+
+def rule_feedback(rule, model, params, x, seed=1):
+    """The rule's fresh error synapses for `model` (sized from its signals on x)."""
+    from rec_lra_jax import steps  # noqa: PLC0415
+
+    signals = model.apply(steps.model_variables(params, {}), x, train=False)
+    return rule.init_feedback(jax.random.key(seed), signals, params)
+
+
+def rule_deltas(rule, model, params, feedback, x, labels, batch_stats=None):
+    """The rule's deltas {"params", "feedback"} on one batch (no optimizer)."""
+    from rec_lra_jax import steps  # noqa: PLC0415
+
+    return steps.rule_deltas(model, rule, params, feedback, batch_stats or {}, x, labels)
+
+
+def unit_errors(model, params, feedback, x, labels, *, wiring=None, activation="tanh",
+                **options):
+    """A dense chain's unit errors (e_1, ..., e_L) from the sweep, in layer order."""
+    from rec_lra_jax import sweep  # noqa: PLC0415
+    from rec_lra_jax import wiring as wiring_lib  # noqa: PLC0415
+
+    signals = model.apply({"params": params}, x)
+    graph = wiring_lib.build(wiring or wiring_lib.Wiring(), signals, params,
+                             models.get_activation(activation))
+    errors = sweep.run(graph, signals, labels, feedback, **options)
+    return tuple(errors.units[name] for name in sorted(params)), errors

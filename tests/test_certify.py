@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import fmnist_mlp, fmnist_resnet18
-from rec_lra_jax import builder, certify, resnet_rules, rules
+from rec_lra_jax import builder, certify, rules
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,26 +26,35 @@ def test_mlp_local_rules_certified(rule):
     assert "forward kernels" in str(cert)
 
 
-def test_mlp_backprop_fails_with_layer_and_op():
-    cert = builder.certify_config(_config(fmnist_mlp, "bp"))
+@pytest.mark.parametrize("rule", ["bp", "sign_symmetry"])
+def test_mlp_transport_rules_fail_with_layer_and_op(rule):
+    cert = builder.certify_config(_config(fmnist_mlp, rule))
     assert not cert.certified
     text = "\n".join(cert.violations)
     assert "layer 'layer_01'" in text and "dot_general" in text
-    assert "differentiation through the network: jax.grad" in text
+    if rule == "bp":
+        assert "differentiation through the network: jax.grad" in text
     # The first layer's W^T only reaches the input, which has no update: not transport.
     assert "layer 'layer_00'" not in text
 
 
+def _planted(base, plant):
+    """`base` whose update sees the synapses plant(params) instead of its own."""
+    def update(updates, state, params, **extra):
+        planted = {"params": params["params"], "feedback": plant(params)}
+        return base.update(updates, state, planted, **extra)
+
+    return rules._rule(base.init, update, init_feedback=base.init_feedback)
+
+
 def _planted_mlp_rule():
     """LRA-E whose error synapses are the next layer's W^T: planted weight transport."""
-    base = rules.lra_e()
-
-    def deltas(params, feedback, x, labels, *, model, batch_stats=None):
+    def plant(trainables):
+        params = trainables["params"]
         names = sorted(params)
-        planted = {names[i]: params[names[i + 1]]["kernel"].T for i in range(len(names) - 1)}
-        return base.deltas(params, planted, x, labels, model=model)
+        return {names[i]: params[names[i + 1]]["kernel"].T for i in range(len(names) - 1)}
 
-    return rules.UpdateRule(base.init, deltas)
+    return _planted(rules.lra_e(activation="tanh"), plant)
 
 
 def test_mlp_planted_transpose_fails():
@@ -56,7 +65,7 @@ def test_mlp_planted_transpose_fails():
     assert not any("differentiation" in v for v in cert.violations)
 
 
-@pytest.mark.parametrize("rule", ["rec_lra", "fa", "dfa"])
+@pytest.mark.parametrize("rule", ["rec_lra", "lra_e", "fa", "dfa"])
 def test_resnet_local_rules_certified(rule):
     cert = builder.certify_config(_config(fmnist_resnet18, rule), input_shape=(8, 8, 1))
     assert cert.certified, cert.violations
@@ -72,15 +81,13 @@ def test_resnet_transport_rules_fail(rule, op):
 
 def test_resnet_planted_conv_transpose_fails():
     """rec-LRA whose inner synapse is conv2's own kernel (W^T through conv-transpose)."""
-    base = resnet_rules.resnet_rec_lra()
-
-    def deltas(params, feedback, x, labels, *, model, batch_stats=None):
-        planted = dict(feedback)
-        planted["block_03_conv1"] = params["block_03_conv2"]["conv"]["kernel"]
-        return base.deltas(params, planted, x, labels, model=model, batch_stats=batch_stats)
+    def plant(trainables):
+        planted = dict(trainables["feedback"])
+        planted["block_03_conv1"] = trainables["params"]["block_03_conv2"]["conv"]["kernel"]
+        return planted
 
     cert = builder.certify_config(_config(fmnist_resnet18, "rec_lra"), input_shape=(8, 8, 1),
-                                rule=rules.UpdateRule(base.init, deltas))
+                                  rule=_planted(rules.rec_lra(), plant))
     assert not cert.certified
     assert len(cert.violations) == 1
     assert "block_03_conv2" in cert.violations[0]
@@ -89,19 +96,20 @@ def test_resnet_planted_conv_transpose_fails():
 
 def test_planted_autodiff_through_activations_fails():
     """A vjp through the upper layers w.r.t. activations (closure over params) is caught."""
-    base = rules.lra_e()
+    import jax  # noqa: PLC0415
 
-    def deltas(params, feedback, x, labels, *, model, batch_stats=None):
-        import jax  # noqa: PLC0415
+    base = rules.lra_e(activation="tanh")
 
-        out, aux = base.deltas(params, feedback, x, labels, model=model)
-        _, vjp = jax.vjp(lambda z: z @ params["layer_03"]["kernel"], aux["errors"][1])
+    def update(updates, state, params, *, signals, labels):
+        out, state = base.update(updates, state, params, signals=signals, labels=labels)
+        kernel = params["params"]["layer_03"]["kernel"]
+        _, vjp = jax.vjp(lambda z: z @ kernel, signals["post"][2])
         out["params"]["layer_00"]["bias"] = out["params"]["layer_00"]["bias"] * 0 + vjp(
-            aux["errors"][-1])[0].mean()
-        return out, aux
+            labels)[0].mean()
+        return out, state
 
-    cert = builder.certify_config(_config(fmnist_mlp, "lra_e"),
-                                rule=rules.UpdateRule(base.init, deltas))
+    cert = builder.certify_config(_config(fmnist_mlp, "lra_e"), rule=rules._rule(
+        base.init, update, init_feedback=base.init_feedback))
     assert not cert.certified
     assert any("jax.vjp" in v for v in cert.violations)
 

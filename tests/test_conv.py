@@ -1,4 +1,5 @@
-"""SPEC check 2: conv local updates and conv-transpose displacements equal single-layer autodiff."""
+"""docs/algorithm.md check 2: conv local updates and conv-transpose displacements equal
+single-layer autodiff."""
 
 import jax
 import jax.numpy as jnp

@@ -103,4 +103,4 @@ def test_benchmark_times_every_rule_of_the_family():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
             if line.startswith("| ") and not line.startswith(("| rule", "| ---"))]
-    assert rows == ["rec_lra", "lra_e", "bp", "fa", "dfa"]
+    assert rows == ["rec_lra", "lra_e", "dfa", "bp", "fa", "sign_symmetry"]  # rules.RULES

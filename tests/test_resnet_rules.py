@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rec_lra_jax import conv, feedback_ops, resnet, resnet_rules
+from rec_lra_jax import conv, feedback_ops, resnet, rules, sweep
+from rec_lra_jax.wiring import Wiring
+from tests.helpers import rule_deltas
 
 
 def _setup(depth, stem, rule, size=16, batch=2, backward="exact", **model_kwargs):
@@ -14,16 +16,22 @@ def _setup(depth, stem, rule, size=16, batch=2, backward="exact", **model_kwargs
     x = jax.random.normal(jax.random.key(2), (batch, size, size, 3))
     labels = jax.nn.one_hot(jnp.arange(batch) % 10, 10)
     variables = model.init(jax.random.key(0), x, train=False)
-    feedback = rule.init(jax.random.key(1), variables["params"], model=model, x=x)
+    if rule.autodiff:
+        feedback = model.init(jax.random.key(1), x, train=False).get("feedback", {})
+    else:
+        signals = model.apply(variables, x, train=False)
+        feedback = rule.init_feedback(jax.random.key(1), signals, variables["params"])
     return model, variables, feedback, x, labels
 
 
 RULES = {
-    "rec_lra_dense": lambda: resnet_rules.resnet_rec_lra(),
-    "rec_lra_channel": lambda: resnet_rules.resnet_rec_lra(skip_source="channel"),
-    "rec_lra_head": lambda: resnet_rules.resnet_rec_lra(skip_source="head"),
-    "rec_lra_depth1": lambda: resnet_rules.resnet_rec_lra(depth=1),
-    "dfa": resnet_rules.resnet_dfa,
+    "rec_lra_dense": lambda: rules.rec_lra(),
+    "rec_lra_channel": lambda: rules.rec_lra(wiring=Wiring(skip_source="channel")),
+    "rec_lra_head": lambda: rules.rec_lra(wiring=Wiring(skip_source="head")),
+    "rec_lra_depth1": lambda: rules.rec_lra(wiring=Wiring(depth=1)),
+    "rec_lra_depth3": lambda: rules.rec_lra(wiring=Wiring(depth=3)),
+    "lra_e": rules.lra_e,
+    "dfa": rules.dfa,
 }
 
 
@@ -31,18 +39,17 @@ RULES = {
     (18, "cifar", "rec_lra_dense"), (18, "imagenet", "rec_lra_head"),
     (18, "cifar", "rec_lra_channel"), (18, "cifar", "rec_lra_depth1"), (18, "cifar", "dfa"),
     (50, "cifar", "rec_lra_head"), (50, "imagenet", "rec_lra_channel"),
+    (18, "cifar", "rec_lra_depth3"), (50, "cifar", "rec_lra_depth3"), (18, "imagenet", "lra_e"),
 ])
 def test_deltas_match_params_and_feedback(depth, stem, rule):
     rule = RULES[rule]()
     model, variables, feedback, x, labels = _setup(depth, stem, rule,
                                                    size=32 if stem == "imagenet" else 16)
-    deltas, aux = jax.eval_shape(lambda: rule.deltas(
-        variables["params"], feedback, x, labels, model=model,
-        batch_stats=variables["batch_stats"]))
+    deltas = jax.eval_shape(lambda: rule_deltas(rule, model, variables["params"], feedback, x,
+                                                labels, variables["batch_stats"]))
     shapes = lambda t: jax.tree.map(lambda a: a.shape, t)
     assert shapes(deltas["params"]) == shapes(variables["params"])
     assert shapes(deltas["feedback"]) == shapes(feedback)
-    assert shapes(aux["batch_stats"]) == shapes(variables["batch_stats"])
 
 
 def _hand_written(params, feedback, acts, labels, beta):
@@ -91,13 +98,13 @@ def _hand_written(params, feedback, acts, labels, beta):
 
 
 def test_sweep_equals_hand_written_loop():
-    rule = resnet_rules.resnet_rec_lra(beta=0.3)
+    rule = rules.rec_lra(beta=0.3)
     model, variables, feedback, x, labels = _setup(18, "cifar", rule, batch=3)
     params = jax.tree.map(  # non-trivial BN scales, so the Jacobian's gain is exercised
         lambda p: p * 1.3 if p.ndim == 1 else p, variables["params"])
     acts, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
                           train=True, mutable=["batch_stats"])
-    got = resnet_rules.resnet_deltas(params, feedback, acts, labels, model=model, beta=0.3)
+    got = rule_deltas(rule, model, params, feedback, x, labels, variables["batch_stats"])
     want = _hand_written(params, feedback, acts, labels, 0.3)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
                  got["params"], want)
@@ -114,10 +121,9 @@ def test_bn_jacobian_error_is_the_batchnorm_vjp():
     e = jax.random.normal(jax.random.key(2), c.shape)
     want = jax.vjp(lambda t: bn.apply(variables, t, train=True, mutable=["batch_stats"])[0]["bn"],
                    c)[1](e)[0]
-    got = resnet_rules._conv_error(signals, e, {"bn": {"scale": scale}}, "jacobian")
+    got = sweep.norm_error(signals, e, "jacobian")  # reads the BN's gain, not its params
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(resnet_rules._conv_error(signals, e, {"bn": {"scale": scale}},
-                                                        "output"), e)
+    np.testing.assert_allclose(sweep.norm_error(signals, e, "output"), e)
     affine = conv.bn_affine_deltas(e, signals["xhat"])
     np.testing.assert_allclose(affine["scale"], (e * signals["xhat"]).sum((0, 1, 2)) / 4,
                                rtol=1e-5)
@@ -140,32 +146,68 @@ def test_feedback_conv_sends_the_cotangent_through_b():
 
 @pytest.mark.parametrize("backward", ["fa", "sign"])
 def test_autodiff_baselines(backward):
-    rule = resnet_rules.resnet_autodiff(backward)
+    rule = {"fa": rules.feedback_alignment, "sign": rules.sign_symmetry}[backward]()
     model, variables, feedback, x, labels = _setup(18, "cifar", rule, backward=backward)
     assert bool(feedback) == (backward == "fa")
-    deltas, aux = rule.deltas(variables["params"], feedback, x, labels, model=model,
-                              batch_stats=variables["batch_stats"])
-    bp = resnet_rules.resnet_autodiff("exact")
-    exact, _ = bp.deltas(variables["params"], {}, x, labels,
-                         model=model.clone(backward="exact"),
-                         batch_stats=variables["batch_stats"])
+    deltas = rule_deltas(rule, model, variables["params"], feedback, x, labels,
+                         variables["batch_stats"])
+    bp = rules.backprop()
+    exact = rule_deltas(bp, model.clone(backward="exact"), variables["params"], {}, x, labels,
+                        variables["batch_stats"])
     # The head's gradient needs no feedback: identical; the stem's differs from backprop.
     np.testing.assert_allclose(deltas["params"]["head"]["kernel"],
                                exact["params"]["head"]["kernel"], rtol=1e-5, atol=1e-7)
     assert not np.allclose(deltas["params"]["stem"]["conv"]["kernel"],
                            exact["params"]["stem"]["conv"]["kernel"])
     with pytest.raises(ValueError, match="backward"):
-        bp.deltas(variables["params"], {}, x, labels, model=model,
-                  batch_stats=variables["batch_stats"])
+        rule_deltas(bp, model, variables["params"], {}, x, labels, variables["batch_stats"])
 
 
 def test_bad_options():
-    model, variables, feedback, x, labels = _setup(18, "cifar", resnet_rules.resnet_rec_lra())
-    acts, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    rule = rules.rec_lra(wiring=Wiring(depth=4))
+    model, variables, _, x, labels = _setup(18, "cifar", rules.rec_lra())
+    signals = model.apply(variables, x, train=False)
     with pytest.raises(ValueError, match="bn_error"):
-        resnet_rules.resnet_deltas(variables["params"], feedback, acts, labels, model=model,
-                                   bn_error="none")
+        rules.rec_lra(bn_error="none")
     with pytest.raises(ValueError, match="skip source"):
-        resnet_rules.resnet_rec_lra(skip_source="random")
-    with pytest.raises(ValueError, match="depth"):
-        resnet_rules.resnet_rec_lra(depth=3)
+        Wiring(skip_source="random")
+    with pytest.raises(ValueError, match="depth 1, 2 or 3"):
+        rule.init_feedback(jax.random.key(0), signals, variables["params"])
+    with pytest.raises(ValueError, match="'dense' or 'channel'"):
+        rules.dfa(skip_source="head").init_feedback(jax.random.key(0), signals,
+                                                    variables["params"])
+
+
+def test_depth3_wiring_is_a_graph_variant_only():
+    """lra.depth=3 (a wiring added by issue 10): each stage's last block reads the output
+    error; the other blocks read the block above through a conv-transpose synapse; inside
+    blocks the depth-2 wiring stays. Only wiring.py knows; the sweep and deltas run as is."""
+    from rec_lra_jax import wiring  # noqa: PLC0415
+
+    model, variables, _, x, labels = _setup(18, "cifar", rules.rec_lra())
+    signals = model.apply(variables, x, train=False)
+    graph = wiring.build(wiring.Wiring(depth=3), signals, variables["params"], None)
+    drive = {b: graph.synapses[b] for b in (f"block_{i:02d}" for i in range(8))}
+    stage_ends = {"block_01", "block_03", "block_05"}  # block_07 goes through the head
+    for b, synapse in drive.items():
+        if b == "block_07":
+            assert synapse.kind == "pool" and synapse.source == ("unit", "head")
+        elif b in stage_ends:
+            assert synapse.kind == "dense" and synapse.source == ("unit", "head")
+        else:
+            upper = f"block_{int(b[-2:]) + 1:02d}"
+            assert synapse.kind == "conv" and synapse.source == ("unit", upper)
+            assert graph.units[b].adjacent
+    assert graph.synapses["block_02_conv1"].source == ("layer", "block_02_conv2")
+    rule = rules.rec_lra(wiring=wiring.Wiring(depth=3))
+    feedback = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    deltas = rule_deltas(rule, model, variables["params"], feedback, x, labels,
+                         variables["batch_stats"])
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(deltas))
+    # Blocks driven from the block above differ from depth 2's, the head's delta does not.
+    base = rule_deltas(rules.rec_lra(), model, variables["params"],
+                       rules.rec_lra().init_feedback(jax.random.key(1), signals,
+                                                     variables["params"]),
+                       x, labels, variables["batch_stats"])
+    np.testing.assert_array_equal(deltas["params"]["head"]["kernel"],
+                                  base["params"]["head"]["kernel"])

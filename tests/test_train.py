@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -143,11 +144,11 @@ class _ZeroLogits(nn.Module):
 
 
 def _zero_rule():
-    def deltas(params, feedback, x, labels, *, model, batch_stats=None):
-        logits = model.apply({"params": params}, x)["logits"]
-        return ({"params": jax.tree.map(jnp.zeros_like, params), "feedback": {}},
-                {"logits": logits})
-    return rules.UpdateRule(lambda key, params, **_: {}, deltas)
+    """A local rule whose deltas are all zeros."""
+    def update(updates, state, params, *, signals, labels):
+        del updates, signals, labels
+        return jax.tree.map(jnp.zeros_like, params), state
+    return rules._rule(lambda params: optax.EmptyState(), update)
 
 
 def test_trainer_aggregates_metrics_exactly(tmp_path, monkeypatch):
@@ -270,7 +271,7 @@ def test_progress_lines_report_rate_compile_time_and_eta(tmp_path):
     assert quiet.returncode == 0 and "steps/s" not in quiet.stderr
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "sign_symmetry"])
+@pytest.mark.parametrize("rule", ["fa", "dfa", "sign_symmetry", "lra_e"])
 def test_resnet_rules_in_the_training_loop(tmp_path, rule):
     """Every rule trains a (tiny) ResNet through the same loop, BatchNorm stats included
     (rec_lra and bp: test_loop_reproduces_the_first_release)."""

@@ -1,4 +1,4 @@
-"""clip_by_tensor_norm: exact values, SPEC check 4, and the optax transform contract."""
+"""clip_by_tensor_norm: exact values, docs/algorithm.md check 4, the optax contract."""
 
 import jax
 import jax.numpy as jnp

@@ -1,0 +1,134 @@
+"""The top-down sweep: from forward signals, labels and error synapses to every error.
+
+One function for every model: it walks a `wiring.Graph` and reads only activities, error
+units and error synapses. It takes no forward parameter at all, so it cannot transport a
+forward weight by construction (docs/algorithm.md, "The sweep"):
+
+  output:  e_out = eps(softmax(logits) - y)
+  unit u:  d_u = carry(E_u, e_src(u))                   (the unit's error synapse)
+           target "target":   ybar_u = phi(h_u - beta d_u),  e_u = eps(z_u - ybar_u)
+           mode "gradient":   e_u = phi'(h_u) d_u          (feedback alignment, DFA)
+  layer:   its output error is its unit's error; behind a BatchNorm, `norm_error`
+           carries it to the pre-normalisation output with that BatchNorm's own statistics.
+
+eps uses alpha_adjacent where a unit is driven by the unit directly above, alpha_skip
+elsewhere and at the output.
+"""
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rec_lra_jax import conv
+from rec_lra_jax.wiring import Graph, Synapse, get
+
+ERROR_UNITS = ("l2", "mixed", "cauchy")
+MODES = ("target", "gradient")
+NORM_ERRORS = ("jacobian", "output", "scaled")
+
+
+class Errors(NamedTuple):
+    """What the sweep leaves for the local deltas."""
+
+    units: dict[str, jax.Array]  # e_u for every unit (the output's under its name)
+    sources: dict[str, jax.Array]  # the error each synapse carried
+    displacements: dict[str, jax.Array]  # d per synapse, at the synapse's output
+
+
+def error_units(u: jax.Array, kind: str = "l2", alpha: Any = 1.0) -> jax.Array:
+    """Error units eps(u) for the mismatch u = z - ybar (docs/algorithm.md, "Error units").
+
+    "l2": u (local loss 1/2 ||u||^2); "mixed": alpha * u + (1 - alpha) * sign(u);
+    "cauchy": 2u / (1 + u^2).
+    """
+    if kind == "l2":
+        return u
+    if kind == "mixed":
+        return alpha * u + (1.0 - alpha) * jnp.sign(u)
+    if kind == "cauchy":
+        return 2.0 * u / (1.0 + u * u)
+    raise ValueError(f"Unknown error unit {kind!r}; choose one of {ERROR_UNITS}.")
+
+
+def norm_error(signals: dict | None, e: jax.Array, treatment: str = "jacobian") -> jax.Array:
+    """The error before a BatchNorm given the error e at its output.
+
+    "output": e itself; "scaled": e * gain (gain = BN scale / sigma_batch); "jacobian": e
+    through the BatchNorm's own Jacobian, gain (e - mean(e) - x_hat mean(e x_hat)), which
+    removes the per-channel shift and scale components that BatchNorm cancels. All three use
+    only this layer's own statistics (like a ReLU's mask): no other layer's weights.
+    """
+    if signals is None or treatment == "output":
+        return e
+    gain = signals["gain"]
+    if treatment == "scaled":
+        return e * gain
+    axes = tuple(range(e.ndim - 1))
+    xhat = signals["xhat"]
+    centred = e - jnp.mean(e, axis=axes) - xhat * jnp.mean(e * xhat, axis=axes)
+    return centred * gain
+
+
+def carry(synapse: Synapse, E: jax.Array, e: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The displacement a synapse of each kind gives a unit of activity shape `shape`."""
+    if synapse.kind == "dense":
+        return (e.reshape(e.shape[0], -1) @ E).reshape(shape)
+    if synapse.kind == "channel":
+        return jnp.broadcast_to((e @ E)[:, None, None, :], shape)
+    if synapse.kind == "pool":
+        return conv.avg_pool_adjoint(e @ E, shape[1:3])
+    if synapse.kind == "conv":
+        strides, padding = synapse.geometry
+        return conv.transpose_displacement(e, E, shape, strides=strides, padding=padding)
+    raise ValueError(f"Unknown synapse kind {synapse.kind!r}.")
+
+
+def _max_pool_adjoint(z: jax.Array, d: jax.Array, pool: tuple[int, int, int]) -> jax.Array:
+    """Scatters each displacement to its window's argmax: the pool's own (parameter-free,
+    local) adjoint, not a derivative through the network."""
+    window, stride, pad = pool
+    fn = lambda x: nn.max_pool(x, (window, window), (stride, stride), ((pad, pad), (pad, pad)))
+    return jax.vjp(fn, z)[1](d)[0]
+
+
+def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta: Any = 0.1,
+        mode: str = "target", error_unit: str = "l2", alpha_skip: Any = 1.0,
+        alpha_adjacent: Any = 1.0, norm: str = "jacobian") -> Errors:
+    """Every unit's error, and each synapse's carried error and displacement."""
+    units: dict[str, jax.Array] = {}
+    sources: dict[str, jax.Array] = {}
+    displacements: dict[str, jax.Array] = {}
+    output = next(name for name, u in graph.units.items() if u.drive is None)
+    units[output] = error_units(jax.nn.softmax(signals["logits"]) - labels, error_unit,
+                                alpha_skip)
+
+    def layer_error(name: str) -> jax.Array:
+        layer = graph.layers[name]
+        e = unit_error(layer.unit)
+        return norm_error(get(signals, layer.norm) if layer.norm else None, e, norm)
+
+    def unit_error(name: str) -> jax.Array:
+        if name in units:
+            return units[name]
+        unit = graph.units[name]
+        synapse = graph.synapses[unit.drive]
+        kind, source = synapse.source
+        e_src = unit_error(source) if kind == "unit" else layer_error(source)
+        d = carry(synapse, feedback[synapse.name], e_src, get(signals, synapse.reads).shape)
+        sources[synapse.name], displacements[synapse.name] = e_src, d
+        z, pre = get(signals, unit.post), get(signals, unit.pre)
+        if unit.pool is not None:
+            d = _max_pool_adjoint(z, d, unit.pool)
+        if mode == "gradient":
+            e = jax.jvp(unit.phi, (pre,), (d,))[1]
+        else:
+            alpha = alpha_adjacent if unit.adjacent else alpha_skip
+            e = error_units(z - unit.phi(pre - beta * d), error_unit, alpha)
+        units[name] = e
+        return e
+
+    for name in graph.units:
+        unit_error(name)
+    return Errors(units, sources, displacements)

@@ -1,0 +1,336 @@
+"""Wiring as data: which error drives each node's target, through which error synapse.
+
+A local rule's top-down sweep (`sweep.py`) and its local deltas (`local.py`) know nothing
+about model families. What they need is a `Graph`, plain Python data built once per trace
+from the shapes of a model's forward signals:
+
+- `Unit`: a node that receives a target: its pre-activation h and activity z = phi(h)
+  (paths into the signals), the synapse that drives it, and whether that synapse comes
+  from the unit directly above ("adjacent") or over a skip.
+- `Layer`: a weight layer: its input, the unit whose error is its output error, its
+  normalisation signals (BatchNorm's x_hat and gain) and where its deltas go in params.
+- `Synapse`: an error synapse E: the error it carries (a unit's error, or a layer's error
+  behind its normalisation), the unit it displaces, its kind and shape.
+
+Synapse kinds (docs/algorithm.md, "Error synapses"): "dense" (a matrix from the flattened
+error to the flattened activity), "channel" (a matrix to channels, broadcast over space),
+"pool" (to channels through the adjoint of global average pooling) and "conv" (a
+conv-transpose with a kernel shaped like the forward kernel it stands in for).
+
+A `Wiring` is the user's choice ("recursive", "adjacent" or "direct" sources plus their
+options); `build(wiring, signals, params)` turns it into a `Graph` with the builder of the
+signals' family: `dense_chain_graph` for models returning per-layer tuples (`models.MLP`),
+`residual_graph` for models returning stem / blocks / head (`resnet.ResNet`). A new wiring
+variant is a new builder or a new branch here; the sweep, the deltas and the rules stay.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+Path = tuple  # keys into the nested signals dict (str keys, int tuple indices)
+SOURCES = ("recursive", "adjacent", "direct")
+SKIP_SOURCES = ("dense", "channel", "head")
+OUTPUT = "output"  # the unit whose error is eps(softmax(logits) - y)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wiring:
+    """Which layers take their target's displacement from which error (hashable, static).
+
+    Attributes:
+      sources: "recursive" (rec-LRA: error skips over a module tree), "adjacent" (LRA-E:
+        each unit from the one above) or "direct" (DFA: every unit from the output error).
+      module_size: layers per module at the finest level (dense chains; rec-LRA's m).
+      depth: recursion depth. Dense chains: any >= 1. Residual nets: 1 (every unit from
+        the output), 2 (blocks from the output, layers inside a block from the layer
+        above), 3 (stage outputs from the output, other blocks from the block above).
+      skip_source: residual nets, how a block output reads the output error: "dense"
+        (a (K, H*W*C) matrix), "channel" (a (K, C) matrix broadcast over space) or "head"
+        (the chain: each block from the block above through a conv-transpose).
+      head_last: residual nets, the last block through the head's pooling adjoint.
+    """
+
+    sources: str = "recursive"
+    module_size: int = 2
+    depth: int = 2
+    skip_source: str = "dense"
+    head_last: bool = True
+
+    def __post_init__(self):
+        if self.sources not in SOURCES:
+            raise ValueError(f"Unknown wiring sources {self.sources!r}; choose one of {SOURCES}.")
+        if self.skip_source not in SKIP_SOURCES:
+            raise ValueError(f"Unknown skip source {self.skip_source!r}; choose one of "
+                             f"{SKIP_SOURCES}.")
+        if not (isinstance(self.module_size, int) and isinstance(self.depth, int)
+                and self.module_size >= 1 and self.depth >= 1):
+            raise ValueError(f"module_size and depth must be integers >= 1, got "
+                             f"{self.module_size!r}, {self.depth!r}.")
+
+
+class Unit(NamedTuple):
+    name: str
+    pre: Path | None  # h (None for the output unit)
+    post: Path | None  # z = phi(h)
+    phi: Callable | None
+    drive: str | None  # synapse name (None for the output unit)
+    adjacent: bool = False  # driven by the unit directly above (alpha_adjacent)
+    pool: tuple[int, int, int] | None = None  # max-pool (window, stride, pad) after z
+
+
+class Layer(NamedTuple):
+    name: str  # top-level params key
+    kind: str  # "dense" | "conv"
+    input: Path
+    unit: str  # the unit whose error is this layer's output error
+    kernel: Path  # where the kernel sits inside params[name]
+    kernel_shape: tuple[int, ...]
+    bias: Path | None = None
+    norm: Path | None = None  # signals with "xhat" and "gain" (BatchNorm), or None
+    affine: Path | None = None  # BatchNorm scale/bias inside params[name], or None
+    geometry: tuple[int, int] = (1, 0)  # conv (strides, padding)
+
+
+class Synapse(NamedTuple):
+    name: str  # feedback key
+    kind: str  # "dense" | "channel" | "pool" | "conv"
+    source: tuple[str, str]  # ("unit", name) or ("layer", name): the error it carries
+    target: str  # the unit it displaces
+    reads: Path  # the activity at the synapse's output (KP correlates it with the error)
+    shape: tuple[int, ...]
+    geometry: tuple[int, int] = (1, 0)
+    init_index: int = 0  # fold_in index of its random init
+
+
+class Graph(NamedTuple):
+    units: dict[str, Unit]
+    layers: dict[str, Layer]
+    synapses: dict[str, Synapse]
+    feedback_init: str  # the family's default init scheme for the synapses
+
+
+def get(signals: Any, path: Path) -> Any:
+    """signals[path[0]][path[1]]... (dict keys and tuple indices)."""
+    for key in path:
+        signals = signals[key]
+    return signals
+
+
+def shape_of(signals: Any, path: Path) -> tuple[int, ...]:
+    return tuple(get(signals, path).shape)
+
+
+def build(wiring: Wiring, signals: dict, params: dict, activation: Callable | None) -> Graph:
+    """The Graph of `wiring` on a model whose forward returned `signals`.
+
+    Only shapes are read (of signals and params): no values, so no forward weight can
+    reach the sweep through the graph.
+    """
+    if not isinstance(signals, dict) or "logits" not in signals:
+        raise ValueError("The model must return a dict with 'logits' and its signals "
+                         "(docs/algorithm.md, 'Model contract').")
+    if "blocks" in signals:
+        return residual_graph(wiring, signals, params)
+    if {"inputs", "pre", "post"} <= set(signals):
+        return dense_chain_graph(wiring, signals, params, activation)
+    raise ValueError(f"Unknown signals {sorted(signals)}: a model returns either per-layer "
+                     "'inputs', 'pre', 'post' (a dense chain) or 'stem', 'blocks', 'head' (a "
+                     "residual net) besides 'logits' (docs/algorithm.md, 'Model contract').")
+
+
+# ----------------------------------------------------------------------------- dense chains
+
+
+def recursive_sources(num_layers: int, *, module_size: int, depth: int) -> tuple[int, ...]:
+    """rec-LRA's error skips over a module tree, src(l) for l = 1..L-1 (docs/algorithm.md).
+
+    A layer is a level-k module output when l % m^(depth - k) == 0 (smallest such k in
+    1..depth-1). Level-1 outputs take their displacement straight from the output error;
+    a level-k output (1 < k < depth) from the next level-k output above it in its parent
+    module; every other layer from the layer directly above (the LRA-E pathway). So no
+    layer is more than `depth` hops from the output. depth=1 gives DFA-like wiring; a
+    module larger than the network gives LRA-E.
+    """
+    sources = []
+    for l in range(1, num_layers):
+        level = next(
+            (k for k in range(1, depth) if l % module_size ** (depth - k) == 0), depth
+        )
+        if level == 1:
+            sources.append(num_layers)
+        elif level == depth:
+            sources.append(l + 1)
+        else:
+            sources.append(min(num_layers, l + module_size ** (depth - level)))
+    return tuple(sources)
+
+
+def chain_sources(wiring: Wiring, num_layers: int) -> tuple[int, ...]:
+    """src(l) for l = 1..L-1 of an L-layer dense chain."""
+    if wiring.sources == "adjacent":
+        return tuple(range(2, num_layers + 1))
+    if wiring.sources == "direct":
+        return (num_layers,) * (num_layers - 1)
+    return recursive_sources(num_layers, module_size=wiring.module_size, depth=wiring.depth)
+
+
+def layer_key(index: int) -> str:
+    """Params key of dense layer `index` (0-based): "layer_00", ... (as `models.MLP`)."""
+    return f"layer_{index:02d}"
+
+
+def dense_chain_graph(wiring: Wiring, signals: dict, params: dict,
+                      activation: Callable | None) -> Graph:
+    """A chain of dense layers (MLP): units are the layers' activities, synapses are
+    (d_src, d_l) matrices keyed by the receiving layer."""
+    if activation is None:
+        raise ValueError("A dense chain's targets need its hidden activation: build the rule "
+                         "with activation=... (a name such as 'tanh' or any callable).")
+    names = sorted(params)
+    num_layers = len(signals["pre"])
+    if len(names) != num_layers or not all("kernel" in params[n] for n in names):
+        raise ValueError(f"The model returned {num_layers} layers of signals but its params "
+                         f"have {len(names)} top-level entries {names}; each weight layer "
+                         "must be one params entry with a 'kernel', in depth order.")
+    widths = [shape_of(signals, ("post", i))[-1] for i in range(num_layers)]
+    sources = chain_sources(wiring, num_layers)
+    units = {names[-1]: Unit(names[-1], None, None, None, None)}
+    synapses = {}
+    for l, src in enumerate(sources, start=1):
+        name = names[l - 1]
+        units[name] = Unit(name, ("pre", l - 1), ("post", l - 1), activation, name,
+                           adjacent=src == l + 1)
+        synapses[name] = Synapse(name, "dense", ("unit", names[src - 1]), name, ("post", l - 1),
+                                 (widths[src - 1], widths[l - 1]), init_index=l)
+    layers = {}
+    for l, name in enumerate(names):
+        layers[name] = Layer(name, "dense", ("inputs", l), name, ("kernel",),
+                             tuple(params[name]["kernel"].shape),
+                             bias=("bias",) if "bias" in params[name] else None)
+    return Graph(units, layers, synapses, feedback_init="lra_e")
+
+
+# ----------------------------------------------------------------------------- residual nets
+
+
+def _conv_geometry(signals: dict, path: Path, kernel_size: int) -> tuple[int, int]:
+    """(strides, padding) of a conv from its input and output maps."""
+    strides = 1 if shape_of(signals, (*path, "input"))[1] == shape_of(
+        signals, (*path, "conv"))[1] else 2
+    return strides, (kernel_size - 1) // 2
+
+
+def _between(upper: tuple, lower: tuple, kernel_size: int) -> tuple[int, int]:
+    """Geometry of a conv-transpose synapse from an upper map back to a lower one."""
+    return (1 if upper[1] == lower[1] else 2), (kernel_size - 1) // 2
+
+
+def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
+    """A residual net (ResNet): stem, blocks of conv(+BN) layers, a dense head.
+
+    Units: every block output u_b (pre = h_b, post = relu(h_b)), every conv output inside a
+    block below its top conv (relu(BN(conv))), and the stem. The top conv and the
+    projection shortcut of a block take the block's error; the shortcut is held fixed.
+    """
+    if wiring.sources == "adjacent":
+        wiring = dataclasses.replace(wiring, sources="recursive", skip_source="head",
+                                     head_last=True, depth=max(wiring.depth, 2))
+    if wiring.sources == "direct":
+        if wiring.skip_source == "head":
+            raise ValueError("Direct wiring reads the output error at every unit; the 'head' "
+                             "skip source chains blocks instead. Use 'dense' or 'channel'.")
+        wiring = dataclasses.replace(wiring, depth=1)
+    if wiring.depth > 3:
+        raise ValueError(f"Residual nets support recursion depth 1, 2 or 3, got "
+                         f"{wiring.depth}.")
+    inner_direct = wiring.depth == 1  # layers inside a block straight from the output
+    direct_kind = "dense" if wiring.skip_source == "dense" else "channel"
+    blocks = sorted(signals["blocks"])
+    stages = _stage_ends(signals, blocks)
+    classes = shape_of(signals, ("logits",))[-1]
+    relu = jax.nn.relu
+    units = {"head": Unit("head", None, None, None, None)}
+    layers = {"head": Layer("head", "dense", ("head", "input"), "head", ("kernel",),
+                            tuple(params["head"]["kernel"].shape), bias=("bias",))}
+    synapses = {}
+
+    def conv_layer(name, path, unit):
+        kernel = tuple(params[name]["conv"]["kernel"].shape)
+        has_norm = "xhat" in get(signals, path)
+        layers[name] = Layer(name, "conv", (*path, "input"), unit, ("conv", "kernel"), kernel,
+                             norm=path if has_norm else None,
+                             affine=("bn",) if "bn" in params[name] else None,
+                             geometry=_conv_geometry(signals, path, kernel[0]))
+
+    def from_output(name, target, reads, kind=None):
+        kind = kind or wiring.skip_source
+        u = shape_of(signals, reads)
+        shape = (classes, math.prod(u[1:])) if kind == "dense" else (classes, u[-1])
+        synapses[name] = Synapse(name, kind, ("unit", "head"), target, reads, shape)
+
+    def from_block(name, target, reads, upper):
+        k = 3 if "conv3" not in signals["blocks"][upper] else 1
+        lower, up = shape_of(signals, reads), shape_of(signals, ("blocks", upper, "post"))
+        synapses[name] = Synapse(name, "conv", ("unit", upper), target, reads,
+                                 (k, k, lower[-1], up[-1]), _between(up, lower, k))
+
+    for i, b in enumerate(blocks):
+        block = signals["blocks"][b]
+        convs = sorted(k for k in block if k.startswith("conv"))
+        post = ("blocks", b, "post")
+        last = i == len(blocks) - 1
+        chained = wiring.skip_source == "head" or (wiring.depth == 3 and b not in stages)
+        if last and (wiring.head_last or wiring.skip_source == "head"):
+            from_output(b, b, post, kind="pool")
+            chained = False
+        elif chained:
+            from_block(b, b, post, blocks[i + 1])
+        else:
+            from_output(b, b, post)
+        units[b] = Unit(b, ("blocks", b, "pre"), post, relu, b, adjacent=chained)
+        for j, c in enumerate(convs):
+            name, path = f"{b}_{c}", ("blocks", b, c)
+            top = j == len(convs) - 1
+            conv_layer(name, path, b if top else name)
+            if top:
+                continue
+            reads = (*path, "post")
+            units[name] = Unit(name, (*path, "bn"), reads, relu, name,
+                               adjacent=not inner_direct)
+            if inner_direct:
+                from_output(name, name, reads, kind=direct_kind)
+            else:  # from the conv error of the layer above, through a conv-transpose
+                upper = f"{b}_{convs[j + 1]}"
+                kernel = tuple(params[upper]["conv"]["kernel"].shape)
+                synapses[name] = Synapse(
+                    name, "conv", ("layer", upper), name, reads, kernel,
+                    _conv_geometry(signals, ("blocks", b, convs[j + 1]), kernel[0]))
+        if "proj" in block:
+            conv_layer(f"{b}_proj", ("blocks", b, "proj"), b)
+    stem = signals["stem"]
+    reads = ("stem", "pooled") if "pooled" in stem else ("stem", "post")
+    chained = wiring.skip_source == "head"
+    if chained:
+        from_block("stem", "stem", reads, blocks[0])
+    else:
+        from_output("stem", "stem", reads)
+    units["stem"] = Unit("stem", ("stem", "bn"), ("stem", "post"), relu, "stem",
+                         adjacent=chained,
+                         pool=(3, 2, 1) if "pooled" in stem else None)
+    conv_layer("stem", ("stem",), "stem")
+    synapses = {n: s._replace(init_index=i) for i, (n, s) in enumerate(sorted(synapses.items()))}
+    return Graph(units, layers, synapses, feedback_init="he")
+
+
+def _stage_ends(signals: dict, blocks: list[str]) -> set[str]:
+    """The last block of each stage (where the next block changes the map size or width)."""
+    ends = set()
+    for upper, lower in zip(blocks[1:], blocks[:-1], strict=True):
+        if shape_of(signals, ("blocks", upper, "post")) != shape_of(
+                signals, ("blocks", lower, "post")):
+            ends.add(lower)
+    return ends | {blocks[-1]}

@@ -1,0 +1,174 @@
+"""Every rule is an optax transform: the contract over jit, chains, schedules and wrappers,
+and the model contract a user's own flax module meets (WORKSPACE "How to add a model")."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rec_lra_jax as rl
+from rec_lra_jax import steps
+from tests.helpers import tiny_mlp
+
+LOCAL = {"rec_lra": rl.rec_lra, "lra_e": rl.lra_e, "dfa": rl.dfa}
+AUTODIFF = {"bp": rl.backprop, "fa": rl.feedback_alignment, "sign_symmetry": rl.sign_symmetry}
+
+
+def _problem(name):
+    """(model, rule factory kwargs, trainables, x, labels) for rule `name` on a tiny MLP."""
+    backward = AUTODIFF[name]().backward if name in AUTODIFF else "exact"
+    model, params, x, y = tiny_mlp()
+    model = model.clone(backward=backward)
+    variables = model.init(jax.random.key(0), x)
+    kwargs = {} if name in AUTODIFF else {"activation": "tanh"}
+    rule = (AUTODIFF[name] if name in AUTODIFF else LOCAL[name])(**kwargs)
+    if rule.autodiff:
+        feedback = variables.get("feedback", {})
+    else:
+        feedback = rule.init_feedback(jax.random.key(1), model.apply(variables, x), params)
+    return model, kwargs, {"params": params, "feedback": feedback}, x, y
+
+
+def _step(model, tx, autodiff):
+    rule = rl.backprop() if autodiff else rl.rec_lra(activation="tanh")
+    rule.backward = model.backward
+
+    @jax.jit
+    def step(trainables, opt_state, x, y):
+        incoming, signals, _ = steps.rule_inputs(model, rule, trainables["params"],
+                                                 trainables["feedback"], {}, x, y)
+        updates, opt_state = tx.update(incoming, opt_state, trainables, signals=signals,
+                                       labels=y)
+        return optax.apply_updates(trainables, updates), opt_state
+
+    return step
+
+
+def _wrappers(factory, kwargs):
+    """The optax compositions every rule must survive."""
+    sched = optax.linear_schedule(0.05, 0.2, 10)
+    scheduled = ({"beta": sched, "gamma": optax.constant_schedule(0.5)}
+                 if "activation" in kwargs and factory is not rl.dfa else {})
+    rule = factory(**kwargs)
+    adam = optax.adam(1e-2)
+    return {
+        "chain": optax.chain(rule, rl.clip_by_tensor_norm(1.0), adam),
+        "named_chain": optax.named_chain(("rule", rule), ("adam", adam)),
+        "partition": optax.chain(rule, optax.partition(
+            {"w": optax.adam(1e-2), "e": optax.sgd(1e-2)},
+            {"params": "w", "feedback": "e"})),
+        "inject_hyperparams": optax.chain(
+            optax.inject_hyperparams(factory)(**kwargs, **scheduled), adam),
+        "multi_steps": optax.MultiSteps(optax.chain(rule, adam), every_k_schedule=2),
+        "apply_if_finite": optax.chain(rule, optax.apply_if_finite(adam, 3)),
+    }
+
+
+@pytest.mark.parametrize("name", [*LOCAL, *AUTODIFF])
+def test_rules_compose_as_optax_transforms(name):
+    model, kwargs, trainables, x, y = _problem(name)
+    factory = {**LOCAL, **AUTODIFF}[name]
+    assert isinstance(factory(**kwargs), optax.GradientTransformationExtraArgs)
+    for how, tx in _wrappers(factory, kwargs).items():
+        step = _step(model, tx, name in AUTODIFF)
+        state, opt_state = trainables, tx.init(trainables)
+        for _ in range(3):
+            state, opt_state = step(state, opt_state, x, y)
+        assert step._cache_size() == 1, (name, how)  # second and third calls reuse it
+        leaves = jax.tree.leaves(state)
+        assert all(bool(jnp.all(jnp.isfinite(v))) for v in leaves), (name, how)
+        moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state["params"],
+                             trainables["params"])
+        assert max(jax.tree.leaves(moved)) > 0, (name, how)
+
+
+def test_scheduled_beta_changes_the_deltas_without_recompiling():
+    model, kwargs, trainables, x, y = _problem("rec_lra")
+    tx = optax.inject_hyperparams(rl.rec_lra)(beta=lambda count: 0.05 * (count + 1),
+                                              activation="tanh")
+    state = tx.init(trainables)
+
+    @jax.jit
+    def deltas(state):
+        signals = model.apply({"params": trainables["params"]}, x)
+        return tx.update(trainables, state, trainables, signals=signals, labels=y)
+
+    first, state = deltas(state)
+    second, state = deltas(state)
+    assert deltas._cache_size() == 1
+    assert float(state.hyperparams["beta"]) == pytest.approx(0.1)
+    direct = rl.rule_deltas(model, rl.rec_lra(beta=0.1, activation="tanh"),
+                            trainables["params"], trainables["feedback"], {}, x, y)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 second, direct)
+    assert not np.allclose(first["params"]["layer_00"]["kernel"],
+                           second["params"]["layer_00"]["kernel"])
+
+
+# ---- The model contract, followed literally (WORKSPACE.md, "How to add a model") ----
+
+
+class GeluNet(nn.Module):
+    """A user's model: a gelu MLP whose middle layer has no bias, other widths."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        del train
+        z = x.reshape(x.shape[0], -1)
+        inputs, pre, post = [], [], []
+        for i, (width, bias) in enumerate(((24, True), (12, False), (5, True))):
+            inputs.append(z)
+            h = nn.Dense(width, use_bias=bias, name=f"dense_{i}")(z)
+            z = jax.nn.gelu(h) if i < 2 else jax.nn.softmax(h)
+            pre.append(h)
+            post.append(z)
+        return {"inputs": tuple(inputs), "pre": tuple(pre), "post": tuple(post), "logits": h}
+
+
+@pytest.mark.parametrize("factory", [rl.rec_lra, rl.lra_e, rl.dfa])
+def test_a_users_model_trains_with_every_local_rule(factory):
+    model = GeluNet()
+    x = jax.random.normal(jax.random.key(0), (32, 7))
+    y = jax.nn.one_hot(jnp.argmax(x[:, :5], -1), 5)  # a learnable labelling
+    params = model.init(jax.random.key(1), x)["params"]
+    rule = factory(activation=jax.nn.gelu)
+    feedback = rule.init_feedback(jax.random.key(2), model.apply({"params": params}, x), params)
+    tx = optax.chain(rule, optax.adam(3e-2))
+    trainables = {"params": params, "feedback": feedback}
+    opt_state = tx.init(trainables)
+    deltas = rl.rule_deltas(model, rule, params, feedback, {}, x, y)
+    assert "bias" not in deltas["params"]["dense_1"]  # no bias, no bias delta
+
+    @jax.jit
+    def step(trainables, opt_state):
+        signals = model.apply({"params": trainables["params"]}, x)
+        updates, opt_state = tx.update(trainables, opt_state, trainables, signals=signals,
+                                       labels=y)
+        return optax.apply_updates(trainables, updates), opt_state, signals["logits"]
+
+    losses = []
+    for _ in range(60):
+        trainables, opt_state, logits = step(trainables, opt_state)
+        losses.append(float(rl.rules.cross_entropy(logits, y)))
+    assert losses[-1] < 0.6 * losses[0], losses[::10]
+
+
+def test_unsupported_models_fail_when_the_rule_is_built():
+    class NoSignals(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train=False):
+            return {"logits": nn.Dense(3)(x)}
+
+    model = NoSignals()
+    x = jnp.ones((2, 4))
+    params = model.init(jax.random.key(0), x)["params"]
+    with pytest.raises(ValueError, match="Model contract"):
+        rl.rec_lra(activation="tanh").init_feedback(jax.random.key(0), model.apply(
+            {"params": params}, x), params)
+    with pytest.raises(ValueError, match="activation="):
+        GeluParams = GeluNet()
+        p = GeluParams.init(jax.random.key(0), jnp.ones((2, 7)))["params"]
+        rl.rec_lra().init_feedback(jax.random.key(0), GeluParams.apply({"params": p},
+                                                                       jnp.ones((2, 7))), p)
