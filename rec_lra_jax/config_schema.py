@@ -180,6 +180,14 @@ RESNET = {
     "lra.baseline_feedback_init": Key(choice(*INITS), rules("dfa")),
 }
 FAMILIES = {"mlp": MLP, "resnet": RESNET}
+# Why a local-rule option of one family has no meaning in the other.
+FAMILY_ONLY = {
+    "lra.module_size": "a ResNet's modules are its blocks and stages (lra.depth picks the "
+                       "levels)",
+    "lra.skip_source": "an MLP's skips follow lra.module_size and lra.depth",
+    "lra.head_last": "an MLP has no pooled head",
+    "lra.bn_error": "an MLP has no BatchNorm",
+}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -204,8 +212,10 @@ def check(flat: dict[str, Any], *, rules_run: tuple[str, ...] | None = None,
     problems = []
     for key in flat:
         if key in other:
-            problems.append(f"{key} has no effect on {FAMILY_NAMES[family]}; remove it (or use "
-                            f"a config of that family: configs/base.py).")
+            reason = FAMILY_ONLY.get(key)
+            problems.append(f"{key} has no effect on {FAMILY_NAMES[family]}"
+                            f"{' (' + reason + ')' if reason else ''}; remove it (or use a "
+                            f"config of that family: configs/base.py).")
         elif key not in schema:
             problems.append(f"{key} is not a config key (configs/base.py lists them all).")
     problems += [f"config lacks {k} (configs/base.py has its default)." for k in schema
