@@ -182,8 +182,7 @@ RESNET = {
 FAMILIES = {"mlp": MLP, "resnet": RESNET}
 # Why a local-rule option of one family has no meaning in the other.
 FAMILY_ONLY = {
-    "lra.module_size": "a ResNet's modules are its blocks and stages (lra.depth picks the "
-                       "levels)",
+    "lra.module_size": "a ResNet's modules are its blocks and stages, chosen by lra.depth",
     "lra.skip_source": "an MLP's skips follow lra.module_size and lra.depth",
     "lra.head_last": "an MLP has no pooled head",
     "lra.bn_error": "an MLP has no BatchNorm",
