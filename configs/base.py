@@ -40,6 +40,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.lra.error_unit = "l2"  # l2 | mixed | cauchy
     config.lra.alpha_skip = 1.0  # mixed units at skip endpoints; paper preset 0.19
     config.lra.alpha_adjacent = 1.0  # mixed units at adjacent endpoints; paper preset 0.24
+    # eps at the output: l2 keeps softmax - y; same: error_unit (the mixed preset then
+    # collapses to one class, docs/algorithm.md)
+    config.lra.output_error_unit = "l2"  # l2 | same | mixed | cauchy
     config.lra.feedback_scale = 1.0  # multiplies the synapses' init std (rec_lra, lra_e, dfa)
     config.lra.dx = False  # ablation: multiply errors by phi' in the weight update
 

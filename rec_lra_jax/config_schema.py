@@ -132,6 +132,7 @@ COMMON = {
     "lra.error_unit": Key(choice("l2", "mixed", "cauchy"), rules(*LOCAL)),
     "lra.alpha_skip": Key(number(0, hi=1), rules(*LOCAL)),
     "lra.alpha_adjacent": Key(number(0, hi=1), rules(*LOCAL)),
+    "lra.output_error_unit": Key(choice("l2", "same", "mixed", "cauchy"), rules(*LOCAL)),
     "lra.feedback_init": Key(choice(*INITS), rules(*LOCAL)),
     "lra.feedback_scale": Key(number(0, strict=True), rules(*LOCAL, "dfa")),
     "lra.dx": Key(BOOL, rules(*LOCAL)),

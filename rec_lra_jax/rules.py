@@ -76,10 +76,13 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
                gamma: Any = 1.0, error_unit: str = "l2", alpha_skip: Any = 1.0,
                alpha_adjacent: Any = 1.0, feedback_rule: str = "kp",
                feedback_init: str | None = None, feedback_scale: Any = 1.0, dx: bool = False,
-               bn_error: str = "jacobian", activation: str | Callable | None = None) -> Rule:
+               bn_error: str = "jacobian", activation: str | Callable | None = None,
+               output_error_unit: str | None = None) -> Rule:
     """A rule that is one top-down sweep plus local deltas (see `rec_lra` for the options)."""
     _check(mode, sweep.MODES, "mode")
     _check(error_unit, sweep.ERROR_UNITS, "error unit")
+    if output_error_unit is not None:
+        _check(output_error_unit, sweep.ERROR_UNITS, "output error unit")
     _check(feedback_rule, local.FEEDBACK_RULES, "feedback rule")
     _check(bn_error, sweep.NORM_ERRORS, "bn_error")
     if feedback_init is not None:
@@ -102,7 +105,8 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
         g = graph(signals, params["params"])
         errors = sweep.run(g, signals, labels, params["feedback"], beta=beta, mode=mode,
                            error_unit=error_unit, alpha_skip=alpha_skip,
-                           alpha_adjacent=alpha_adjacent, norm=bn_error)
+                           alpha_adjacent=alpha_adjacent, norm=bn_error,
+                           output_error_unit=output_error_unit)
         deltas = {"params": local.layer_deltas(g, signals, errors, dx=dx, norm=bn_error),
                   "feedback": local.synapse_deltas(g, signals, errors, rule=feedback_rule,
                                                    gamma=gamma)}
@@ -115,7 +119,8 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
             error_unit: str = "l2", alpha_skip: Any = 1.0, alpha_adjacent: Any = 1.0,
             feedback_rule: str = "kp", feedback_init: str | None = None,
             feedback_scale: Any = 1.0, dx: bool = False, bn_error: str = "jacobian",
-            activation: str | Callable | None = None) -> Rule:
+            activation: str | Callable | None = None,
+            output_error_unit: str | None = "l2") -> Rule:
     """Recursive local representation alignment (Ororbia et al., AAAI 2023).
 
     Each unit gets the target ybar = phi(h - beta d) from a displacement d carried by its
@@ -128,7 +133,10 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
         `optax.inject_hyperparams`).
       wiring: which error drives each unit (`rl.Wiring`).
       error_unit, alpha_skip, alpha_adjacent: error units eps ("l2", "mixed", "cauchy")
-        and the mixed units' alpha at skip and adjacent endpoints.
+        and the mixed units' alpha at skip and adjacent endpoints (and the output).
+      output_error_unit: eps at the output only: "l2" (default) keeps e_out = softmax - y;
+        None applies error_unit there too (with the paper's mixed preset that collapses
+        training to one class: docs/algorithm.md, "Error units").
       feedback_rule: "kp", "error_displacement" or "fixed".
       feedback_init, feedback_scale: synapse init (None: "lra_e" on dense chains, "he" on
         residual nets) and a multiplier of its std.
@@ -158,13 +166,15 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
                       error_unit=error_unit, alpha_skip=alpha_skip,
                       alpha_adjacent=alpha_adjacent, feedback_rule=feedback_rule,
                       feedback_init=feedback_init, feedback_scale=feedback_scale, dx=dx,
-                      bn_error=bn_error, activation=activation)
+                      bn_error=bn_error, activation=activation,
+                      output_error_unit=output_error_unit)
 
 
 def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
           alpha_skip: Any = 1.0, alpha_adjacent: Any = 1.0, feedback_rule: str = "kp",
           feedback_init: str | None = None, feedback_scale: Any = 1.0, dx: bool = False,
-          bn_error: str = "jacobian", activation: str | Callable | None = None) -> Rule:
+          bn_error: str = "jacobian", activation: str | Callable | None = None,
+          output_error_unit: str | None = "l2") -> Rule:
     """LRA-E (Ororbia & Mali, AAAI 2019): rec-LRA with every unit driven from the one above.
 
     Takes rec_lra's options but `wiring` (on residual nets: each block from the block
@@ -178,7 +188,7 @@ def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
                    alpha_skip=alpha_skip, alpha_adjacent=alpha_adjacent,
                    feedback_rule=feedback_rule, feedback_init=feedback_init,
                    feedback_scale=feedback_scale, dx=dx, bn_error=bn_error,
-                   activation=activation)
+                   activation=activation, output_error_unit=output_error_unit)
 
 
 def dfa(*, feedback_init: str | None = None, feedback_scale: Any = 1.0,

@@ -95,14 +95,20 @@ def _max_pool_adjoint(z: jax.Array, d: jax.Array, pool: tuple[int, int, int]) ->
 
 def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta: Any = 0.1,
         mode: str = "target", error_unit: str = "l2", alpha_skip: Any = 1.0,
-        alpha_adjacent: Any = 1.0, norm: str = "jacobian") -> Errors:
-    """Every unit's error, and each synapse's carried error and displacement."""
+        alpha_adjacent: Any = 1.0, norm: str = "jacobian",
+        output_error_unit: str | None = None) -> Errors:
+    """Every unit's error, and each synapse's carried error and displacement.
+
+    `output_error_unit` (default: `error_unit`) is eps at the output only; "l2" keeps the
+    output error softmax - y (the cross-entropy's) while hidden units use mixed or Cauchy
+    units.
+    """
     units: dict[str, jax.Array] = {}
     sources: dict[str, jax.Array] = {}
     displacements: dict[str, jax.Array] = {}
     output = next(name for name, u in graph.units.items() if u.drive is None)
-    units[output] = error_units(jax.nn.softmax(signals["logits"]) - labels, error_unit,
-                                alpha_skip)
+    units[output] = error_units(jax.nn.softmax(signals["logits"]) - labels,
+                                output_error_unit or error_unit, alpha_skip)
 
     def layer_error(name: str) -> jax.Array:
         layer = graph.layers[name]

@@ -67,6 +67,19 @@ def test_output_delta_is_cross_entropy_gradient_of_its_own_weights():
                                grads["params"]["layer_03"]["kernel"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("unit", ["mixed", "cauchy"])
+def test_output_error_unit_keeps_the_cross_entropy_error_at_the_output(unit):
+    model, params, x, y = tiny_mlp()
+    grads = rule_deltas(rules.backprop(), model, params, {}, x, y)
+    _, deltas, _, _ = _run(model, params, x, y, error_unit=unit, alpha_skip=0.19)
+    np.testing.assert_allclose(deltas["params"]["layer_03"]["kernel"],
+                               grads["params"]["layer_03"]["kernel"], rtol=1e-5, atol=1e-7)
+    _, same, _, _ = _run(model, params, x, y, error_unit=unit, alpha_skip=0.19,
+                         output_error_unit=None)
+    assert not np.allclose(same["params"]["layer_03"]["kernel"],
+                           grads["params"]["layer_03"]["kernel"], atol=1e-4)
+
+
 def test_kp_feedback_delta_is_gamma_e_src_times_z():
     model, params, x, y = tiny_mlp()
     _, deltas, errors, _ = _run(model, params, x, y, gamma=0.7)
