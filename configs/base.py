@@ -69,6 +69,7 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
 
     config.diagnostics = ml_collections.ConfigDict()
     config.diagnostics.cosine = False  # per-layer cos(rule delta, backprop gradient) per epoch
+    config.diagnostics.test_curve = False  # test accuracy every epoch (curves; never selection)
 
     if family == "mlp":
         config.model = ml_collections.ConfigDict()

@@ -8,7 +8,13 @@ tree (train/<class>/*, test/<class>/*); or tfds "cifar10" prepared as array_reco
 45k / 5k / 10k (the paper's). Training augmentation: pad-4 random crop and horizontal flip,
 on device inside the jitted step. A full-width ResNet-18 step at batch 128 takes seconds on
 a CPU: this config is meant for accelerators.
-Arguments: `smoke` (a width-4 net on synthetic 32x32x3 data, seconds; used by CI).
+Arguments: `smoke` (a width-4 net on synthetic 32x32x3 data, seconds; used by CI);
+`cpu` (the CPU-sized comparison of BENCHMARKS.md: width 8, 5 epochs, about 1.5-2 minutes
+per epoch and rule on 2 cores):
+
+  python -m experiments.compare --config=configs/cifar10_resnet18.py:cpu --workdir=DIR \
+      --rules=rec_lra,bp,fa,dfa,sign_symmetry --config.data.dir=CIFAR_DIR \
+      --config.diagnostics.cosine=True --config.diagnostics.test_curve=True
 """
 
 import ml_collections
@@ -30,7 +36,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.num_epochs = 1
         config.checkpoint_every_epochs = 0.5
         config.steps_per_call = 4
+    elif arg == "cpu":
+        config.model.width = 8
+        config.num_epochs = 5
+        config.log_every_steps = 50
     elif arg:
-        raise ValueError(f"Unknown config argument {arg!r}; use 'smoke'.")
+        raise ValueError(f"Unknown config argument {arg!r}; use 'smoke' or 'cpu'.")
     config.lock()
     return config

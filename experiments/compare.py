@@ -8,7 +8,9 @@ rule resumes, a finished one is not re-run, and a rule whose workdir was trained
 different config is refused (a result is never reused across configs). The table goes to
 stdout and to <workdir>/comparison.md and comparison.json.
 "epochs to X %" is the first epoch whose validation accuracy (metrics.jsonl) reaches
---reach; "-" when no epoch did.
+--reach; "-" when no epoch did. With bp among the rules, "epochs to bp - 1" is the first
+epoch at which each rule reaches backprop's final validation accuracy minus 1 point. The
+plots of `experiments.plot` go to <workdir>/plots/.
 """
 
 import json
@@ -17,7 +19,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import shell
+from experiments import plot, shell
 from rec_lra_jax import builder, train
 
 FLAGS = flags.FLAGS
@@ -44,11 +46,25 @@ def epochs_to(workdir: str, threshold: float) -> int | None:
     return None
 
 
+def final_val_accuracy(workdir: str) -> float | None:
+    """The last epoch's val_accuracy in <workdir>/metrics.jsonl."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    return json.loads(lines[-1])["val_accuracy"] if lines else None
+
+
 def format_table(results: list[dict], reach: float | None = None) -> str:
-    """A Markdown table of results.json records (with "epochs_to" when `reach` is set)."""
+    """A Markdown table of results.json records (with "epochs_to" when `reach` is set, and
+    "epochs_to_bp" when the records have it)."""
     extra = f" epochs to {100 * reach:g} % val |" if reach is not None else ""
+    to_bp = any("epochs_to_bp" in r for r in results)
     header = (f"| rule | test acc (%) | best val acc (%) | epochs | train time (s) | s / epoch |"
-              f"{extra}\n| --- | --- | --- | --- | --- | --- |{' --- |' if extra else ''}")
+              f"{extra}{' epochs to bp - 1 |' if to_bp else ''}\n"
+              f"| --- | --- | --- | --- | --- | --- |{' --- |' if extra else ''}"
+              f"{' --- |' if to_bp else ''}")
     rows = []
     for r in results:
         row = (f"| {r['rule']} | {100 * r['test_accuracy']:.2f} | "
@@ -56,6 +72,8 @@ def format_table(results: list[dict], reach: float | None = None) -> str:
                f"{r['train_seconds'] / r['epochs']:.2f} |")
         if extra:
             row += f" {r.get('epochs_to') or '-'} |"
+        if to_bp:
+            row += f" {r.get('epochs_to_bp') or '-'} |"
         rows.append(row)
     return "\n".join([header, *rows])
 
@@ -76,8 +94,12 @@ def main(argv):
         results.append(train.train_and_evaluate(
             config, os.path.join(workdir, rule), rules_run=FLAGS.rules,
             overridden=shell.overridden(), allow_config_change=FLAGS.allow_config_change))
+    bp_final = (final_val_accuracy(os.path.join(workdir, "bp")) if "bp" in FLAGS.rules
+                else None)
     for rule, result in zip(FLAGS.rules, results, strict=True):
         result["epochs_to"] = epochs_to(os.path.join(workdir, rule), FLAGS.reach)
+        if bp_final is not None:
+            result["epochs_to_bp"] = epochs_to(os.path.join(workdir, rule), bp_final - 0.01)
     table = format_table(results, FLAGS.reach)
     first = results[0]
     title = (f"{first['dataset']}, {first['model']}, seed {first['seed']}, "
@@ -87,6 +109,8 @@ def main(argv):
         f.write(f"{title}\n\n{table}\n")
     with open(os.path.join(workdir, "comparison.json"), "w") as f:
         json.dump(results, f, indent=2)
+    for path in plot.plot(workdir):
+        print(f"plot: {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -264,6 +264,7 @@ class Plan(NamedTuple):
     keep_checkpoints: int
     on_nonfinite: str
     cosine: bool
+    test_curve: bool  # evaluate the test split after every epoch (for curves, not selection)
     config: dict  # the whole config as plain data, for config.json
 
 
@@ -271,7 +272,8 @@ def create_plan(config: ml_collections.ConfigDict) -> Plan:
     return Plan(config.dataset, config.rule, config.seed, config.batch_size,
                 config.eval_batch_size, config.num_epochs, config.steps_per_call,
                 config.log_every_steps, config.checkpoint_every_epochs, config.keep_checkpoints,
-                config.on_nonfinite, config.diagnostics.cosine, config.to_dict())
+                config.on_nonfinite, config.diagnostics.cosine, config.diagnostics.test_curve,
+                config.to_dict())
 
 
 def create_cosine_fn(config: ml_collections.ConfigDict, setup: Setup, num_classes: int,

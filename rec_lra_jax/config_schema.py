@@ -155,6 +155,7 @@ COMMON = {
     "on_nonfinite": Key(choice("stop", "skip")),
     "max_consecutive_skips": Key(integer(1), when("on_nonfinite", "skip")),
     "diagnostics.cosine": Key(BOOL),
+    "diagnostics.test_curve": Key(BOOL),
 }
 MLP = {
     "model.name": Key(choice("mlp")),

@@ -17,6 +17,7 @@ from rec_lra_jax import config_schema
 FREE_KEYS = frozenset({
     "log_every_steps", "eval_batch_size", "steps_per_call", "checkpoint_every_epochs",
     "keep_checkpoints", "data.threads", "data.processes", "data.cache_dir", "diagnostics.cosine",
+    "diagnostics.test_curve",
 })
 
 

@@ -196,6 +196,10 @@ class _Run:
         record.update({"val_loss": val["loss"], "val_accuracy": val["accuracy"],
                        "val_top5": val["top5"], "lr": float(self.lr(step)),
                        "train_seconds": meta["train_seconds"]})
+        if plan.test_curve:  # reported for curves only; selection uses validation
+            test = evaluate(self.setup.eval_fn, state, self.data.test, plan.eval_batch_size,
+                            self.sharding)
+            record.update({"test_loss": test["loss"], "test_accuracy": test["accuracy"]})
         if self.cosine_fn is not None:
             images, labels = next(iter(self.data.val.eval_batches(plan.batch_size)))
             cos = self.cosine_fn(state.params, state.feedback, state.batch_stats, images, labels)

@@ -78,7 +78,8 @@ def test_stream_source_order_resume_and_shards(threads, processes):
 def test_compare_tabulates_rules_with_epochs_to_threshold(tmp_path):
     proc = _run("experiments.compare", "configs/fmnist_mlp.py:smoke", tmp_path,
                 "--rules=rec_lra,bp", "--reach=0.5", "--config.optim.lr=3e-3",
-                "--config.num_epochs=3")
+                "--config.num_epochs=3", "--config.diagnostics.cosine=True",
+                "--config.diagnostics.test_curve=True")
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "comparison.md").read_text()
     assert "epochs to 50 % val" in table
@@ -89,7 +90,16 @@ def test_compare_tabulates_rules_with_epochs_to_threshold(tmp_path):
         first = next((x["epoch"] for x in lines if x["val_accuracy"] >= 0.5), None)
         assert r["epochs_to"] == first
         assert f"| {r['rule']} | {100 * r['test_accuracy']:.2f} |" in table
+        # "epochs to bp - 1": the first epoch within 1 point of backprop's final val.
+        bp_final = json.loads(open(tmp_path / "bp" / "metrics.jsonl").readlines()[-1])
+        target = bp_final["val_accuracy"] - 0.01
+        assert r["epochs_to_bp"] == next(
+            (x["epoch"] for x in lines if x["val_accuracy"] >= target), None)
+        assert all("test_accuracy" in x for x in lines)  # diagnostics.test_curve
     assert any(r["epochs_to"] is not None for r in saved)  # synthetic data: reached early
+    assert "epochs to bp - 1" in table
+    for name in ("curves.png", "cosine.png", "time.png"):  # experiments.plot ran at the end
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     # Re-run with another learning rate: refused, never the old table.
     again = _run("experiments.compare", "configs/fmnist_mlp.py:smoke", tmp_path,
                  "--rules=rec_lra,bp", "--config.optim.lr=1e-2", "--config.num_epochs=3")
@@ -104,3 +114,11 @@ def test_benchmark_times_every_rule_of_the_family():
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
             if line.startswith("| ") and not line.startswith(("| rule", "| ---"))]
     assert rows == ["rec_lra", "lra_e", "dfa", "bp", "fa", "sign_symmetry"]  # rules.RULES
+
+
+def test_plot_command_without_runs_is_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "experiments.plot", f"--workdir={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "No metrics.jsonl" in proc.stderr and "Traceback" not in proc.stderr
