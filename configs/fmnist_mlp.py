@@ -31,6 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.steps_per_call = 4
     elif arg == "demo":
         config.num_epochs = 20
+        config.diagnostics.cosine = True  # for the plots: per-layer cosine to backprop
+        config.diagnostics.test_curve = True  # and test accuracy per epoch
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r}; use 'smoke' or 'demo'.")
     config.lock()
