@@ -122,3 +122,24 @@ def test_plot_command_without_runs_is_one_line(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert "No metrics.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ablate_ranks_settings_on_validation_only(tmp_path):
+    proc = _run("experiments.ablate", "configs/fmnist_mlp.py:smoke", tmp_path,
+                "--vary=lra.beta=0.05,0.3;model.activation=relu", "--config.num_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    names = [r["setting"] for r in saved["rows"]]
+    assert names == ["base", "lra.beta=0.05", "lra.beta=0.3", "model.activation=relu"]
+    assert saved["chosen"] == max(saved["rows"], key=lambda r: r["val_mean"])["setting"]
+    for r in saved["rows"]:  # each row is its own run's results.json
+        name = r["setting"].replace("/", "_")
+        result = json.loads((tmp_path / name / "seed0" / "results.json").read_text())
+        assert r["val_mean"] == result["best_val_accuracy"]
+    saved_config = tmp_path / "model.activation=relu" / "seed0" / "config.json"
+    relu = json.loads(saved_config.read_text())["config"]
+    assert relu["model"]["activation"] == "relu" and relu["lra"]["beta"] == 0.1
+    bad = _run("experiments.ablate", "configs/fmnist_mlp.py:smoke", tmp_path / "bad",
+               "--vary=lra.beta=0.2;lra.skip_source=head")
+    assert bad.returncode == 1 and "lra.skip_source is not a key" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
