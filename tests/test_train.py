@@ -247,7 +247,7 @@ def test_every_config_loads_and_validates():
         if name in ("__init__", "base"):
             continue
         module = __import__(f"configs.{name}", fromlist=["get_config"])
-        args = [None, "smoke"] + [a for a in ("demo", "full") if f"`{a}`" in module.__doc__]
+        args = [None, "smoke"] + [a for a in ("demo", "full", "cpu") if f"`{a}`" in module.__doc__]
         for arg in args:
             config = module.get_config(arg)
             builder.validate(config)
