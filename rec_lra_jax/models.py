@@ -1,4 +1,22 @@
-"""Flax models whose forward pass exposes what local learning rules need per layer."""
+"""Flax models whose forward pass exposes what local learning rules need per layer.
+
+A dense chain trained by a rule as an optax transform (rules.py):
+
+>>> import jax, jax.numpy as jnp, optax
+>>> import rec_lra_jax as rl
+>>> model = rl.MLP(features=(32, 32, 10), activation="tanh")
+>>> x, labels = jnp.ones((8, 784)), jax.nn.one_hot(jnp.arange(8) % 10, 10)
+>>> params = model.init(jax.random.key(0), x)["params"]
+>>> signals = model.apply({"params": params}, x)
+>>> rule = rl.rec_lra(beta=0.1, activation="tanh")
+>>> trainables = {"params": params,
+...               "feedback": rule.init_feedback(jax.random.key(1), signals, params)}
+>>> tx = optax.chain(rule, optax.adam(1e-3))
+>>> updates, _ = tx.update(trainables, tx.init(trainables), trainables,
+...                        signals=signals, labels=labels)
+>>> updates["params"]["layer_00"]["kernel"].shape
+(784, 32)
+"""
 
 from collections.abc import Callable, Sequence
 

@@ -5,6 +5,23 @@ statistics). Besides the logits it returns, per weight layer, what a local rule 
 (docs/algorithm.md, "Model contract"): the conv input, the conv output, the
 BatchNorm-normalised x_hat, 1/sigma and gain, the BatchNorm output, and per block the
 shortcut term, the block pre-activation h_b and the block output u_b = relu(h_b).
+
+A residual net trained by rec-LRA as an optax transform (rules.py), beta scheduled:
+
+>>> import jax, jax.numpy as jnp, optax
+>>> import rec_lra_jax as rl
+>>> model = rl.ResNet(depth=18, num_classes=10, width=4, stem="cifar")
+>>> x, labels = jnp.ones((2, 8, 8, 3)), jnp.eye(10)[:2]
+>>> variables = model.init(jax.random.key(0), x)
+>>> signals, _ = model.apply(variables, x, mutable=["batch_stats"])
+>>> rule = optax.inject_hyperparams(rl.rec_lra)(beta=optax.linear_schedule(0.05, 0.2, 100))
+>>> feedback = rl.rec_lra().init_feedback(jax.random.key(1), signals, variables["params"])
+>>> trainables = {"params": variables["params"], "feedback": feedback}
+>>> tx = optax.chain(rule, optax.sgd(0.1))
+>>> updates, _ = tx.update(trainables, tx.init(trainables), trainables, signals=signals,
+...                        labels=labels)
+>>> updates["feedback"]["block_00_conv1"].shape  # conv-transpose synapse inside a block
+(3, 3, 4, 4)
 """
 
 from collections.abc import Sequence
