@@ -45,6 +45,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.lra.output_error_unit = "l2"  # l2 | same | mixed | cauchy
     config.lra.feedback_scale = 1.0  # multiplies the synapses' init std (rec_lra, lra_e, dfa)
     config.lra.dx = False  # ablation: multiply errors by phi' in the weight update
+    # divide hidden mismatches by beta, e = eps((z - ybar) / beta): errors keep their scale
+    # over long chains (without it they shrink by ~beta per hop)
+    config.lra.rescale = False
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"  # adamw | sgd
@@ -91,7 +94,7 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.model.use_bn = True
         config.model.bn_affine = True
         config.model.init = "he"  # lra_e | unit | he | lecun
-        config.lra.skip_source = "dense"  # dense | channel | head
+        config.lra.skip_source = "dense"  # dense | channel | head | mirror
         config.lra.bn_error = "jacobian"  # jacobian | output | scaled
         config.lra.feedback_init = "he"  # synapse std = feedback_scale * sqrt(2 / fan_in)
         config.lra.baseline_feedback_init = "he"  # dfa feedback matrices

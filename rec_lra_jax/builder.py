@@ -106,7 +106,7 @@ def create_rule(config: ml_collections.ConfigDict, rule: str | None = None) -> r
                    alpha_skip=lra.alpha_skip, alpha_adjacent=lra.alpha_adjacent,
                    feedback_rule=lra.feedback_rule, feedback_init=lra.feedback_init,
                    feedback_scale=lra.feedback_scale, dx=lra.dx, activation=activation,
-                   bn_error=lra.get("bn_error", "jacobian"),
+                   bn_error=lra.get("bn_error", "jacobian"), rescale=lra.rescale,
                    output_error_unit=None if lra.output_error_unit == "same"
                    else lra.output_error_unit)
     if rule == "lra_e":

@@ -136,6 +136,7 @@ COMMON = {
     "lra.feedback_init": Key(choice(*INITS), rules(*LOCAL)),
     "lra.feedback_scale": Key(number(0, strict=True), rules(*LOCAL, "dfa")),
     "lra.dx": Key(BOOL, rules(*LOCAL)),
+    "lra.rescale": Key(BOOL, rules(*LOCAL)),
     "optim.name": Key(choice("adamw", "sgd")),
     "optim.lr": Key(number(0, strict=True)),
     "optim.weight_decay": Key(number(0)),
@@ -176,7 +177,7 @@ RESNET = {
     "model.bn_affine": Key(BOOL),
     "model.init": Key(choice(*INITS)),
     "lra.depth": Key(choice(1, 2, 3), rules("rec_lra")),
-    "lra.skip_source": Key(choice("dense", "channel", "head"), rules("rec_lra")),
+    "lra.skip_source": Key(choice("dense", "channel", "head", "mirror"), rules("rec_lra")),
     "lra.bn_error": Key(choice("jacobian", "output", "scaled"), rules(*LOCAL, "dfa")),
     "lra.head_last": Key(BOOL, rules("rec_lra")),
     "lra.baseline_feedback_init": Key(choice(*INITS), rules("dfa")),
@@ -244,10 +245,15 @@ def _combinations(flat: dict, family: str) -> list[str]:
     """Values that are each valid but do not work together."""
     problems = []
     if family == "resnet":
-        if flat.get("lra.skip_source") == "head" and flat.get("lra.head_last") is False:
-            problems.append("lra.skip_source='head' needs lra.head_last=True: the head chain "
-                            "drives each block from the block above, and the last block has "
-                            "none but the head.")
+        skip = flat.get("lra.skip_source")
+        if skip in ("head", "mirror") and flat.get("lra.head_last") is False:
+            problems.append(f"lra.skip_source={skip!r} needs lra.head_last=True: the {skip} "
+                            f"chain drives each block from the block above, and the last "
+                            f"block has none but the head.")
+        if skip == "mirror" and flat.get("lra.depth") != 2:
+            problems.append(f"lra.skip_source='mirror' chains every layer to the one above; "
+                            f"lra.depth={flat.get('lra.depth')!r} does not apply (leave it "
+                            f"at 2).")
     if flat.get("dataset") in STREAMING and flat.get("data.source") in ("idx", "cifar"):
         problems.append(f"data.source={flat['data.source']!r} cannot hold {flat['dataset']}; "
                         f"use 'auto', 'tfds', 'folder' or 'synthetic'.")

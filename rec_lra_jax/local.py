@@ -84,6 +84,8 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
         raise ValueError(f"Unknown feedback rule {rule!r}; choose one of {FEEDBACK_RULES}.")
     out = {}
     for name, synapse in graph.synapses.items():
+        if synapse.kind == "identity":
+            continue  # no parameters
         if rule == "fixed":
             out[name] = jnp.zeros(synapse.shape)
         elif rule == "kp":
@@ -110,6 +112,8 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
         raise ValueError(f"Unknown feedback init {scheme!r}; choose one of {FEEDBACK_INITS}.")
     out = {}
     for name, synapse in graph.synapses.items():
+        if synapse.kind == "identity":
+            continue  # no parameters
         shape = synapse.shape
         fan_in = math.prod(shape[:-1]) if len(shape) == 4 else shape[0]
         std = scale * variance[scheme](fan_in) ** 0.5

@@ -69,7 +69,7 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
                alpha_adjacent: Any = 1.0, feedback_rule: str = "kp",
                feedback_init: str | None = None, feedback_scale: Any = 1.0, dx: bool = False,
                bn_error: str = "jacobian", activation: str | Callable | None = None,
-               output_error_unit: str | None = None) -> Rule:
+               output_error_unit: str | None = None, rescale: bool = False) -> Rule:
     """A rule that is one top-down sweep plus local deltas (see `rec_lra` for the options)."""
     _check(mode, sweep.MODES, "mode")
     _check(error_unit, sweep.ERROR_UNITS, "error unit")
@@ -98,7 +98,7 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
         errors = sweep.run(g, signals, labels, params["feedback"], beta=beta, mode=mode,
                            error_unit=error_unit, alpha_skip=alpha_skip,
                            alpha_adjacent=alpha_adjacent, norm=bn_error,
-                           output_error_unit=output_error_unit)
+                           output_error_unit=output_error_unit, rescale=rescale)
         deltas = {"params": local.layer_deltas(g, signals, errors, dx=dx, norm=bn_error),
                   "feedback": local.synapse_deltas(g, signals, errors, rule=feedback_rule,
                                                    gamma=gamma)}
@@ -112,7 +112,7 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
             feedback_rule: str = "kp", feedback_init: str | None = None,
             feedback_scale: Any = 1.0, dx: bool = False, bn_error: str = "jacobian",
             activation: str | Callable | None = None,
-            output_error_unit: str | None = "l2") -> Rule:
+            output_error_unit: str | None = "l2", rescale: bool = False) -> Rule:
     """Recursive local representation alignment (Ororbia et al., AAAI 2023).
 
     Each unit gets the target ybar = phi(h - beta d) from a displacement d carried by its
@@ -133,6 +133,8 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
       feedback_init, feedback_scale: synapse init (None: "lra_e" on dense chains, "he" on
         residual nets) and a multiplier of its std.
       dx: ablation: multiply each hidden layer's error by phi'(h) in its weight delta.
+      rescale: divide each hidden unit's mismatch z - ybar by beta (errors keep their
+        scale over long chains such as the "mirror" wiring's).
       bn_error: "jacobian", "output" or "scaled": a conv's error behind its BatchNorm.
       activation: the hidden activation of a dense chain (a name or a callable; residual
         nets use relu). With `inject_hyperparams`, pass a callable in `static_args`.
@@ -151,14 +153,14 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
                       alpha_adjacent=alpha_adjacent, feedback_rule=feedback_rule,
                       feedback_init=feedback_init, feedback_scale=feedback_scale, dx=dx,
                       bn_error=bn_error, activation=activation,
-                      output_error_unit=output_error_unit)
+                      output_error_unit=output_error_unit, rescale=rescale)
 
 
 def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
           alpha_skip: Any = 1.0, alpha_adjacent: Any = 1.0, feedback_rule: str = "kp",
           feedback_init: str | None = None, feedback_scale: Any = 1.0, dx: bool = False,
           bn_error: str = "jacobian", activation: str | Callable | None = None,
-          output_error_unit: str | None = "l2") -> Rule:
+          output_error_unit: str | None = "l2", rescale: bool = False) -> Rule:
     """LRA-E (Ororbia & Mali, AAAI 2019): rec-LRA with every unit driven from the one above.
 
     Takes rec_lra's options but `wiring` (on residual nets: each block from the block
@@ -172,7 +174,8 @@ def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
                    alpha_skip=alpha_skip, alpha_adjacent=alpha_adjacent,
                    feedback_rule=feedback_rule, feedback_init=feedback_init,
                    feedback_scale=feedback_scale, dx=dx, bn_error=bn_error,
-                   activation=activation, output_error_unit=output_error_unit)
+                   activation=activation, output_error_unit=output_error_unit,
+                   rescale=rescale)
 
 
 def dfa(*, feedback_init: str | None = None, feedback_scale: Any = 1.0,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from rec_lra_jax import conv
-from rec_lra_jax.wiring import Graph, Synapse, get
+from rec_lra_jax.wiring import Graph, Synapse, drives, get
 
 ERROR_UNITS = ("l2", "mixed", "cauchy")
 MODES = ("target", "gradient")
@@ -73,6 +73,8 @@ def norm_error(signals: dict | None, e: jax.Array, treatment: str = "jacobian") 
 
 def carry(synapse: Synapse, E: jax.Array, e: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """The displacement a synapse of each kind gives a unit of activity shape `shape`."""
+    if synapse.kind == "identity":
+        return jnp.broadcast_to(e, shape)
     if synapse.kind == "dense":
         return (e.reshape(e.shape[0], -1) @ E).reshape(shape)
     if synapse.kind == "channel":
@@ -96,12 +98,14 @@ def _max_pool_adjoint(z: jax.Array, d: jax.Array, pool: tuple[int, int, int]) ->
 def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta: Any = 0.1,
         mode: str = "target", error_unit: str = "l2", alpha_skip: Any = 1.0,
         alpha_adjacent: Any = 1.0, norm: str = "jacobian",
-        output_error_unit: str | None = None) -> Errors:
+        output_error_unit: str | None = None, rescale: bool = False) -> Errors:
     """Every unit's error, and each synapse's carried error and displacement.
 
     `output_error_unit` (default: `error_unit`) is eps at the output only; "l2" keeps the
     output error softmax - y (the cross-entropy's) while hidden units use mixed or Cauchy
-    units.
+    units. `rescale` divides each hidden unit's mismatch by beta before eps,
+    e_u = eps((z_u - ybar_u) / beta): a target nudged by beta d leaves a mismatch of about
+    beta phi'(h) d, so without it errors shrink by ~beta per hop along a long chain.
     """
     units: dict[str, jax.Array] = {}
     sources: dict[str, jax.Array] = {}
@@ -119,11 +123,14 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
         if name in units:
             return units[name]
         unit = graph.units[name]
-        synapse = graph.synapses[unit.drive]
-        kind, source = synapse.source
-        e_src = unit_error(source) if kind == "unit" else layer_error(source)
-        d = carry(synapse, feedback[synapse.name], e_src, get(signals, synapse.reads).shape)
-        sources[synapse.name], displacements[synapse.name] = e_src, d
+        d = 0.0
+        for synapse in (graph.synapses[s] for s in drives(unit)):
+            kind, source = synapse.source
+            e_src = unit_error(source) if kind == "unit" else layer_error(source)
+            d_s = carry(synapse, feedback.get(synapse.name), e_src,
+                        get(signals, synapse.reads).shape)
+            sources[synapse.name], displacements[synapse.name] = e_src, d_s
+            d = d + d_s
         z, pre = get(signals, unit.post), get(signals, unit.pre)
         if unit.pool is not None:
             d = _max_pool_adjoint(z, d, unit.pool)
@@ -131,7 +138,8 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
             e = jax.jvp(unit.phi, (pre,), (d,))[1]
         else:
             alpha = alpha_adjacent if unit.adjacent else alpha_skip
-            e = error_units(z - unit.phi(pre - beta * d), error_unit, alpha)
+            mismatch = z - unit.phi(pre - beta * d)
+            e = error_units(mismatch / beta if rescale else mismatch, error_unit, alpha)
         units[name] = e
         return e
 

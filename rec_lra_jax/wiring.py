@@ -14,8 +14,9 @@ from the shapes of a model's forward signals:
 
 Synapse kinds (docs/algorithm.md, "Error synapses"): "dense" (a matrix from the flattened
 error to the flattened activity), "channel" (a matrix to channels, broadcast over space),
-"pool" (to channels through the adjoint of global average pooling) and "conv" (a
-conv-transpose with a kernel shaped like the forward kernel it stands in for).
+"pool" (to channels through the adjoint of global average pooling), "conv" (a
+conv-transpose with a kernel shaped like the forward kernel it stands in for) and
+"identity" (no parameters: the error as it is, the adjoint of an identity shortcut).
 
 A `Wiring` is the user's choice ("recursive", "adjacent" or "direct" sources plus their
 options); `build(wiring, signals, params)` turns it into a `Graph` with the builder of the
@@ -33,7 +34,7 @@ import jax
 
 Path = tuple  # keys into the nested signals dict (str keys, int tuple indices)
 SOURCES = ("recursive", "adjacent", "direct")
-SKIP_SOURCES = ("dense", "channel", "head")
+SKIP_SOURCES = ("dense", "channel", "head", "mirror")
 OUTPUT = "output"  # the unit whose error is eps(softmax(logits) - y)
 
 
@@ -49,8 +50,12 @@ class Wiring:
         the output), 2 (blocks from the output, layers inside a block from the layer
         above), 3 (stage outputs from the output, other blocks from the block above).
       skip_source: residual nets, how a block output reads the output error: "dense"
-        (a (K, H*W*C) matrix), "channel" (a (K, C) matrix broadcast over space) or "head"
-        (the chain: each block from the block above through a conv-transpose).
+        (a (K, H*W*C) matrix), "channel" (a (K, C) matrix broadcast over space), "head"
+        (the chain: each block from the block above through a conv-transpose) or "mirror"
+        (each block output from the next block's first conv error through a synapse shaped
+        like that conv, plus the next block's error through its shortcut: the identity, or
+        a synapse shaped like the projection; Kolen-Pollack makes each synapse learn the
+        same deltas as the forward layer it mirrors).
       head_last: residual nets, the last block through the head's pooling adjoint.
     """
 
@@ -77,7 +82,8 @@ class Unit(NamedTuple):
     pre: Path | None  # h (None for the output unit)
     post: Path | None  # z = phi(h)
     phi: Callable | None
-    drive: str | None  # synapse name (None for the output unit)
+    drive: str | tuple[str, ...] | None  # synapse name(s), their displacements summed
+    # (None for the output unit)
     adjacent: bool = False  # driven by the unit directly above (alpha_adjacent)
     pool: tuple[int, int, int] | None = None  # max-pool (window, stride, pad) after z
 
@@ -111,6 +117,13 @@ class Graph(NamedTuple):
     layers: dict[str, Layer]
     synapses: dict[str, Synapse]
     feedback_init: str  # the family's default init scheme for the synapses
+
+
+def drives(unit: Unit) -> tuple[str, ...]:
+    """The names of the synapses whose displacements drive `unit` (summed)."""
+    if unit.drive is None:
+        return ()
+    return (unit.drive,) if isinstance(unit.drive, str) else tuple(unit.drive)
 
 
 def get(signals: Any, path: Path) -> Any:
@@ -240,10 +253,14 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         wiring = dataclasses.replace(wiring, sources="recursive", skip_source="head",
                                      head_last=True, depth=max(wiring.depth, 2))
     if wiring.sources == "direct":
-        if wiring.skip_source == "head":
-            raise ValueError("Direct wiring reads the output error at every unit; the 'head' "
-                             "skip source chains blocks instead. Use 'dense' or 'channel'.")
+        if wiring.skip_source in ("head", "mirror"):
+            raise ValueError(f"Direct wiring reads the output error at every unit; the "
+                             f"{wiring.skip_source!r} skip source chains blocks instead. Use "
+                             f"'dense' or 'channel'.")
         wiring = dataclasses.replace(wiring, depth=1)
+    if wiring.skip_source == "mirror" and wiring.depth != 2:
+        raise ValueError(f"The mirror skip source chains every layer to the one above; "
+                         f"recursion depth {wiring.depth} does not apply (leave it at 2).")
     if wiring.depth > 3:
         raise ValueError(f"Residual nets support recursion depth 1, 2 or 3, got "
                          f"{wiring.depth}.")
@@ -272,6 +289,24 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         shape = (classes, math.prod(u[1:])) if kind == "dense" else (classes, u[-1])
         synapses[name] = Synapse(name, kind, ("unit", "head"), target, reads, shape)
 
+    def mirror(name, target, reads, upper):
+        """Synapses mirroring block `upper`'s first conv and its shortcut (KP learns each
+        with the deltas of the layer it mirrors); returns their names."""
+        first = sorted(k for k in signals["blocks"][upper] if k.startswith("conv"))[0]
+        layer = f"{upper}_{first}"
+        kernel = tuple(params[layer]["conv"]["kernel"].shape)
+        synapses[name] = Synapse(name, "conv", ("layer", layer), target, reads, kernel,
+                                 _conv_geometry(signals, ("blocks", upper, first), kernel[0]))
+        skip = f"{name}_skip"
+        if "proj" in signals["blocks"][upper]:
+            kernel = tuple(params[f"{upper}_proj"]["conv"]["kernel"].shape)
+            synapses[skip] = Synapse(skip, "conv", ("layer", f"{upper}_proj"), target, reads,
+                                     kernel, _conv_geometry(signals, ("blocks", upper, "proj"),
+                                                            kernel[0]))
+        else:
+            synapses[skip] = Synapse(skip, "identity", ("unit", upper), target, reads, ())
+        return (name, skip)
+
     def from_block(name, target, reads, upper):
         k = 3 if "conv3" not in signals["blocks"][upper] else 1
         lower, up = shape_of(signals, reads), shape_of(signals, ("blocks", upper, "post"))
@@ -283,15 +318,19 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         convs = sorted(k for k in block if k.startswith("conv"))
         post = ("blocks", b, "post")
         last = i == len(blocks) - 1
-        chained = wiring.skip_source == "head" or (wiring.depth == 3 and b not in stages)
-        if last and (wiring.head_last or wiring.skip_source == "head"):
+        chained = wiring.skip_source in ("head", "mirror") or (
+            wiring.depth == 3 and b not in stages)
+        drive = b
+        if last and (wiring.head_last or chained):
             from_output(b, b, post, kind="pool")
             chained = False
+        elif wiring.skip_source == "mirror":
+            drive = mirror(b, b, post, blocks[i + 1])
         elif chained:
             from_block(b, b, post, blocks[i + 1])
         else:
             from_output(b, b, post)
-        units[b] = Unit(b, ("blocks", b, "pre"), post, relu, b, adjacent=chained)
+        units[b] = Unit(b, ("blocks", b, "pre"), post, relu, drive, adjacent=chained)
         for j, c in enumerate(convs):
             name, path = f"{b}_{c}", ("blocks", b, c)
             top = j == len(convs) - 1
@@ -313,12 +352,14 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
             conv_layer(f"{b}_proj", ("blocks", b, "proj"), b)
     stem = signals["stem"]
     reads = ("stem", "pooled") if "pooled" in stem else ("stem", "post")
-    chained = wiring.skip_source == "head"
-    if chained:
+    chained, drive = wiring.skip_source in ("head", "mirror"), "stem"
+    if wiring.skip_source == "mirror":
+        drive = mirror("stem", "stem", reads, blocks[0])
+    elif chained:
         from_block("stem", "stem", reads, blocks[0])
     else:
         from_output("stem", "stem", reads)
-    units["stem"] = Unit("stem", ("stem", "bn"), ("stem", "post"), relu, "stem",
+    units["stem"] = Unit("stem", ("stem", "bn"), ("stem", "post"), relu, drive,
                          adjacent=chained,
                          pool=(3, 2, 1) if "pooled" in stem else None)
     conv_layer("stem", ("stem",), "stem")

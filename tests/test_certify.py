@@ -71,6 +71,17 @@ def test_resnet_local_rules_certified(rule):
     assert cert.certified, cert.violations
 
 
+def test_resnet_mirror_wiring_certified():
+    """The mirror wiring has backprop's structure, but its synapses are its own parameters:
+    no forward weight reaches an update."""
+    config = _config(fmnist_resnet18, "rec_lra")
+    with config.unlocked():
+        config.lra.skip_source = "mirror"
+        config.lra.rescale = True
+    cert = builder.certify_config(config, input_shape=(8, 8, 1))
+    assert cert.certified, cert.violations
+
+
 @pytest.mark.parametrize("rule,op", [("bp", "conv_general_dilated"),
                                      ("sign_symmetry", "conv_general_dilated")])
 def test_resnet_transport_rules_fail(rule, op):

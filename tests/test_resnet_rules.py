@@ -30,6 +30,7 @@ RULES = {
     "rec_lra_head": lambda: rules.rec_lra(wiring=Wiring(skip_source="head")),
     "rec_lra_depth1": lambda: rules.rec_lra(wiring=Wiring(depth=1)),
     "rec_lra_depth3": lambda: rules.rec_lra(wiring=Wiring(depth=3)),
+    "rec_lra_mirror": lambda: rules.rec_lra(wiring=Wiring(skip_source="mirror"), rescale=True),
     "lra_e": rules.lra_e,
     "dfa": rules.dfa,
 }
@@ -40,6 +41,7 @@ RULES = {
     (18, "cifar", "rec_lra_channel"), (18, "cifar", "rec_lra_depth1"), (18, "cifar", "dfa"),
     (50, "cifar", "rec_lra_head"), (50, "imagenet", "rec_lra_channel"),
     (18, "cifar", "rec_lra_depth3"), (50, "cifar", "rec_lra_depth3"), (18, "imagenet", "lra_e"),
+    (18, "imagenet", "rec_lra_mirror"), (50, "imagenet", "rec_lra_mirror"),
 ])
 def test_deltas_match_params_and_feedback(depth, stem, rule):
     rule = RULES[rule]()
@@ -211,3 +213,87 @@ def test_depth3_wiring_is_a_graph_variant_only():
                        x, labels, variables["batch_stats"])
     np.testing.assert_array_equal(deltas["params"]["head"]["kernel"],
                                   base["params"]["head"]["kernel"])
+
+
+def _mirror_oracle(depth, stem):
+    """A ResNet in float64 and mirror synapses set to the forward weights they mirror."""
+    from rec_lra_jax import wiring  # noqa: PLC0415
+
+    size = 32 if stem == "imagenet" else 16
+    model = resnet.resnet(depth, num_classes=10, width=4, stem=stem)
+    x = jax.random.normal(jax.random.key(2), (4, size, size, 3)).astype(jnp.float64)
+    labels = jax.nn.one_hot(jnp.arange(4) % 10, 10)
+    variables = model.init(jax.random.key(0), x, train=False)
+    variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)
+    params = variables["params"]
+    signals = model.apply(variables, x, train=False)
+    graph = wiring.build(Wiring(skip_source="mirror"), signals, params, None)
+    oracle = {}
+    for name, synapse in graph.synapses.items():
+        if synapse.kind == "conv":
+            oracle[name] = params[synapse.source[1]]["conv"]["kernel"]
+        elif synapse.kind == "pool":
+            oracle[name] = params["head"]["kernel"].T
+    return model, variables, graph, oracle, x, labels
+
+
+@pytest.mark.parametrize("depth,stem", [(18, "cifar"), (18, "imagenet"), (50, "cifar")])
+def test_mirror_wiring_with_transported_weights_is_backprop(depth, stem):
+    """The mirror wiring has backprop's structure: given synapses equal to the forward weights
+    they mirror (an oracle only a test may build), rescaled errors and a tiny beta, every
+    layer's delta is the backprop gradient. Training never sees this: its synapses start
+    random and learn by Kolen-Pollack (next test)."""
+    with jax.enable_x64(True):
+        model, variables, graph, oracle, x, labels = _mirror_oracle(depth, stem)
+        params = variables["params"]
+        assert {s.kind for s in graph.synapses.values()} <= {"conv", "pool", "identity"}
+        rule = rules.rec_lra(wiring=Wiring(skip_source="mirror"), beta=1e-7, rescale=True)
+        deltas = rule_deltas(rule, model, params, oracle, x, labels, variables["batch_stats"])
+        grads = rule_deltas(rules.backprop(), model, params, {}, x, labels,
+                            variables["batch_stats"])
+        for (path, delta), grad in zip(jax.tree_util.tree_leaves_with_path(deltas["params"]),
+                                       jax.tree.leaves(grads["params"]), strict=True):
+            scale = float(jnp.max(jnp.abs(grad)))
+            np.testing.assert_allclose(delta, grad, rtol=0, atol=1e-5 * scale,
+                                       err_msg=jax.tree_util.keystr(path))
+
+
+def test_mirror_synapses_learn_the_deltas_of_the_layers_they_mirror():
+    """Kolen-Pollack on the mirror wiring: each conv synapse's delta is exactly its forward
+    layer's kernel delta, the head's pool synapse gets the head's delta transposed, and the
+    identity shortcut has no synapse parameters."""
+    with jax.enable_x64(True):
+        model, variables, graph, _, x, labels = _mirror_oracle(18, "cifar")
+        params = variables["params"]
+        rule = rules.rec_lra(wiring=Wiring(skip_source="mirror"), rescale=True)
+        signals = model.apply(variables, x, train=False)
+        feedback = rule.init_feedback(jax.random.key(1), signals, params)
+        assert "block_00_skip" not in feedback and "block_01_skip" in feedback
+        deltas = rule_deltas(rule, model, params, feedback, x, labels,
+                             variables["batch_stats"])
+        for name, synapse in graph.synapses.items():
+            if synapse.kind == "conv":
+                np.testing.assert_allclose(deltas["feedback"][name],
+                                           deltas["params"][synapse.source[1]]["conv"]["kernel"],
+                                           rtol=1e-12, atol=1e-15)
+            elif synapse.kind == "pool":
+                np.testing.assert_allclose(deltas["feedback"][name],
+                                           deltas["params"]["head"]["kernel"].T, rtol=1e-12)
+
+
+def test_rescale_keeps_errors_from_shrinking_along_the_chain():
+    """Without rescale a unit's error is ~beta times its displacement, so on the mirror chain
+    the stem's error is orders of magnitude below the last block's; with it they are the
+    same order."""
+    model, variables, _, x, labels = _setup(18, "cifar", rules.rec_lra())
+    signals = model.apply(variables, x, train=False)
+    graph = __import__("rec_lra_jax.wiring", fromlist=["build"]).build(
+        Wiring(skip_source="mirror"), signals, variables["params"], None)
+    rule = rules.rec_lra(wiring=Wiring(skip_source="mirror"))
+    feedback = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    ratios = {}
+    for rescale in (False, True):
+        errors = sweep.run(graph, signals, labels, feedback, beta=0.1, rescale=rescale)
+        norm = lambda n: float(jnp.linalg.norm(errors.units[n]))
+        ratios[rescale] = norm("stem") / norm("block_07")
+    assert ratios[False] < 1e-6 < 1e-2 < ratios[True]
