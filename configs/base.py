@@ -83,7 +83,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.model.residual_gap = 0  # g; 0: no forward residual connections
         config.model.init = "lra_e"  # lra_e | unit | he | lecun
         config.lra.module_size = 2  # m: error skips every m layers (rec_lra)
-        config.lra.feedback_init = "lra_e"  # lra_e (N(0, 1)) | unit | he | lecun
+        # he (N(0, 2 / fan_in), chosen on validation: BENCHMARKS.md, "Fashion-MNIST MLP:
+        # ablations") | lra_e (N(0, 1), the first release's) | unit | lecun
+        config.lra.feedback_init = "he"
         config.lra.baseline_feedback_init = "lecun"  # fa / dfa feedback matrices
     elif family == "resnet":
         config.model = ml_collections.ConfigDict()
