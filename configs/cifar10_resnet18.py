@@ -28,6 +28,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment = "crop_flip"
     config.input_noise = 0.0
     config.num_epochs = 100
+    # rec-LRA wiring chosen on validation (BENCHMARKS.md, "CIFAR-10 wiring ablation"):
+    # every unit from the layers that read it through Kolen-Pollack mirror synapses started
+    # at a tenth of He scale, errors divided by beta so they keep their scale along the
+    # chain, and a nudge of beta = 0.5.
+    config.lra.skip_source = "mirror"
+    config.lra.rescale = True
+    config.lra.feedback_scale = 0.1
+    config.lra.beta = 0.5
     if arg == "smoke":
         config.data.source = "synthetic"
         config.model.width = 4
