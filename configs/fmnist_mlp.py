@@ -9,7 +9,8 @@ Measured (2-core CPU, jax 0.10.2, seed 0, 100 epochs; README.md "Results"): test
 rec-LRA 88.86 %, backprop 90.09 %, LRA-E 89.30 %, FA 88.13 %, DFA 89.50 %. About 2.5 ms per
 train step, so about 3 s per epoch and 5 minutes per rule on an idle machine.
 Arguments after the colon: `smoke` (synthetic data, seconds, used by tests) or `demo`
-(20 epochs for `make demo`: rec-LRA 88.76 %, backprop 90.28 %, about 1 minute per rule).
+(20 epochs for `make demo`: rec-LRA 89.57 %, backprop 90.28 %, about 1 minute per rule on
+an idle machine).
 Every key and its default: configs/base.py.
 """
 
