@@ -104,7 +104,9 @@ def test_sharded_train_step_equals_unsharded():
     got_setup, _, _ = _smoke_setup(sharding=NamedSharding(mesh, P("data")))
     ref, _ = ref_setup.train_fn(ref_setup.state, data, batches)
     got, _ = got_setup.train_fn(got_setup.state, data, batches)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), ref, got)
+    # Sharded batch means reduce in another order: float32 rounding (measured: one element
+    # in 25,088 off by 2.8e-6 after 3 AdamW steps with He-scaled synapses).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5), ref, got)
     assert steps.data_mesh_sharding(32) is not None and steps.data_mesh_sharding(30) is None
 
 
