@@ -96,6 +96,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.model.use_bn = True
         config.model.bn_affine = True
         config.model.init = "he"  # lra_e | unit | he | lecun
+        # multiplies the conv kernels' init std (BatchNorm makes the forward invariant to
+        # it; smaller starts the weights nearer the origin, for every rule alike)
+        config.model.init_scale = 1.0
         config.lra.skip_source = "dense"  # dense | channel | head | mirror
         config.lra.bn_error = "jacobian"  # jacobian | output | scaled
         config.lra.feedback_init = "he"  # synapse std = feedback_scale * sqrt(2 / fan_in)

@@ -85,7 +85,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, rule: str 
                           feedback_init=config.lra.baseline_feedback_init)
     return resnet.resnet(m.depth, num_classes=num_classes, width=m.width, stem=m.stem,
                          use_bn=m.use_bn, bn_affine=m.bn_affine, init_scheme=m.init,
-                         backward=backward)
+                         init_scale=m.init_scale, backward=backward)
 
 
 def create_rule(config: ml_collections.ConfigDict, rule: str | None = None) -> rules.Rule:

@@ -176,6 +176,7 @@ RESNET = {
     "model.use_bn": Key(BOOL),
     "model.bn_affine": Key(BOOL),
     "model.init": Key(choice(*INITS)),
+    "model.init_scale": Key(number(0, strict=True)),
     "lra.depth": Key(choice(1, 2, 3), rules("rec_lra")),
     "lra.skip_source": Key(choice("dense", "channel", "head", "mirror"), rules("rec_lra")),
     "lra.bn_error": Key(choice("jacobian", "output", "scaled"), rules(*LOCAL, "dfa")),

@@ -53,11 +53,12 @@ def get_activation(name: str | Callable) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
-def kernel_initializer(scheme: str) -> nn.initializers.Initializer:
+def kernel_initializer(scheme: str, scale: float = 1.0) -> nn.initializers.Initializer:
     """Forward-weight init schemes (docs/algorithm.md, "Initialisation").
 
     "lra_e": N(0, 0.1^2) as in the authors' LRA-E code; "unit": N(0, 1) as in the paper;
-    "he": N(0, 2 / fan_in); "lecun": N(0, 1 / fan_in) (flax's default).
+    "he": N(0, 2 / fan_in); "lecun": N(0, 1 / fan_in) (flax's default). `scale` multiplies
+    the standard deviation.
     """
     schemes = {
         "lra_e": nn.initializers.normal(0.1),
@@ -67,7 +68,14 @@ def kernel_initializer(scheme: str) -> nn.initializers.Initializer:
     }
     if scheme not in schemes:
         raise ValueError(f"Unknown init scheme {scheme!r}; choose one of {sorted(schemes)}.")
-    return schemes[scheme]
+    if scale == 1.0:
+        return schemes[scheme]
+    init = schemes[scheme]
+
+    def scaled(key, shape, dtype=jnp.float32):
+        return scale * init(key, shape, dtype)
+
+    return scaled
 
 
 def layer_name(index: int) -> str:

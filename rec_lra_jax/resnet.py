@@ -92,11 +92,13 @@ class FeedbackConv(nn.Module):
     strides: int
     init_scheme: str
     backward: str
+    init_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel, self.kernel, x.shape[-1], self.features)
-        kernel = self.param("kernel", kernel_initializer(self.init_scheme), shape)
+        kernel = self.param("kernel", kernel_initializer(self.init_scheme, self.init_scale),
+                            shape)
         feedback = None
         if self.backward == "fa":
             feedback = feedback_variable(self, kernel_initializer(self.init_scheme), shape)
@@ -115,6 +117,7 @@ class ConvBN(nn.Module):
     bn_affine: bool = True
     init_scheme: str = "he"
     backward: str = "exact"
+    init_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
@@ -123,10 +126,10 @@ class ConvBN(nn.Module):
             conv = nn.Conv(self.features, (self.kernel, self.kernel),
                            (self.strides, self.strides), padding=((pad, pad), (pad, pad)),
                            use_bias=False, name="conv",
-                           kernel_init=kernel_initializer(self.init_scheme))(x)
+                           kernel_init=kernel_initializer(self.init_scheme, self.init_scale))(x)
         else:
             conv = FeedbackConv(self.features, self.kernel, self.strides, self.init_scheme,
-                                self.backward, name="conv")(x)
+                                self.backward, self.init_scale, name="conv")(x)
         signals = {"input": x, "conv": conv}
         if self.use_bn:
             signals.update(BatchNorm(affine=self.bn_affine, name="bn")(conv, train=train))
@@ -145,6 +148,9 @@ class ResNet(nn.Module):
       stem: "cifar" (3x3 stride 1, no max-pool) or "imagenet" (7x7 stride 2 + 3x3 max-pool).
       use_bn, bn_affine: BatchNorm ablations (no BN, no-affine BN).
       init_scheme: conv / dense init (see `models.kernel_initializer`).
+      init_scale: multiplies the conv kernels' init (not the head's, nor FA's feedback
+        kernels). BatchNorm makes the forward invariant to it; it sets how far the weights
+        start from the origin, so how fast learning outgrows the random init.
       backward: what autodiff sends back through each layer: "exact" (backprop), "fa"
         (fixed random kernels in the "feedback" collection) or "sign" (sign(W), uSF).
         Only the feedback-alignment baselines change it; the forward is the same.
@@ -164,10 +170,11 @@ class ResNet(nn.Module):
     bn_affine: bool = True
     init_scheme: str = "he"
     backward: str = "exact"
+    init_scale: float = 1.0
 
     def _conv(self, features, kernel, strides=1, name=None):
         return ConvBN(features, kernel, strides, self.use_bn, self.bn_affine, self.init_scheme,
-                      self.backward, name=name)
+                      self.backward, self.init_scale, name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = True) -> dict:
@@ -229,7 +236,7 @@ class ResNet(nn.Module):
 
 def resnet(depth: int, *, num_classes: int, width: int = 64, stem: str = "imagenet",
            **kwargs) -> ResNet:
-    """ResNet of the given depth; kwargs: use_bn, bn_affine, init_scheme, backward."""
+    """ResNet of the given depth; kwargs: use_bn, bn_affine, init_scheme, init_scale, backward."""
     return ResNet(depth=depth, num_classes=num_classes, width=width, stem=stem, **kwargs)
 
 

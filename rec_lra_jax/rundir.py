@@ -4,7 +4,8 @@ A workdir belongs to one config. `check_config` compares the config with the one
 there and refuses a run whose config differs in any key that changes the results, listing
 them, unless the caller allows it (`--allow_config_change`). Raising num_epochs (to extend
 a run) and the keys in FREE_KEYS (logging, evaluation batching, data readers, checkpoint
-cadence) may change freely. Only process 0 writes these files.
+cadence) may change freely, and a key added since (ADDED_KEYS) matches a saved config without it
+when it holds the value that reproduces the old runs. Only process 0 writes these files.
 """
 
 import json
@@ -19,6 +20,10 @@ FREE_KEYS = frozenset({
     "keep_checkpoints", "data.threads", "data.processes", "data.cache_dir", "diagnostics.cosine",
     "diagnostics.test_curve",
 })
+
+# Keys added after runs were saved, with the value that reproduces those runs: a saved
+# config without the key matches a config holding that value.
+ADDED_KEYS = {"model.init_scale": 1.0}
 
 
 class ConfigChangedError(RuntimeError):
@@ -37,6 +42,8 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     changes = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if key in ADDED_KEYS and a == "<absent>":
+            a = ADDED_KEYS[key]
         if a == b or key in FREE_KEYS:
             continue
         if key == "num_epochs" and isinstance(a, int) and isinstance(b, int) and b > a:

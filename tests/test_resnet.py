@@ -75,6 +75,24 @@ def test_batchnorm_running_statistics_drive_eval():
                                (conv - mean) / jnp.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("backward", ["exact", "fa"])
+def test_init_scale_shrinks_conv_kernels_only_and_leaves_the_forward(backward):
+    model, variables, x = _tiny(backward=backward)
+    small_model, small, _ = _tiny(backward=backward, init_scale=0.1)
+    for name, layer in variables["params"].items():
+        if name == "head":
+            np.testing.assert_array_equal(small["params"]["head"]["kernel"], layer["kernel"])
+        else:
+            np.testing.assert_allclose(small["params"][name]["conv"]["kernel"],
+                                       0.1 * layer["conv"]["kernel"], rtol=1e-6)
+    if backward == "fa":  # FA's fixed feedback kernels keep their scale
+        jax.tree.map(np.testing.assert_array_equal, small["feedback"], variables["feedback"])
+    # In training mode BatchNorm normalizes each conv, so the logits barely move.
+    big_out, _ = _train_apply(model, variables, x)
+    small_out, _ = _train_apply(small_model, small, x)
+    np.testing.assert_allclose(small_out["logits"], big_out["logits"], rtol=1e-2, atol=1e-3)
+
+
 def test_bn_ablations_and_bad_inputs():
     x = jnp.zeros((3, 32, 32, 3))
 

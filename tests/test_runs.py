@@ -81,6 +81,14 @@ def test_changed_config_is_refused_and_extension_allowed(tmp_path):
     assert json.load(open(tmp_path / "config.json"))["config"]["lra"]["beta"] == 0.2
 
 
+def test_a_key_added_since_a_run_matches_at_its_old_behaviour():
+    saved = {"model": {"name": "resnet", "init": "he"}, "lra": {"beta": 0.1}}
+    now = {"model": {"name": "resnet", "init": "he", "init_scale": 1.0}, "lra": {"beta": 0.1}}
+    assert rundir.config_changes(saved, now) == []
+    now["model"]["init_scale"] = 0.1
+    assert rundir.config_changes(saved, now) == ["model.init_scale: 1.0 -> 0.1"]
+
+
 def test_user_paths_expand_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
