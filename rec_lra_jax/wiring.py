@@ -289,20 +289,22 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         shape = (classes, math.prod(u[1:])) if kind == "dense" else (classes, u[-1])
         synapses[name] = Synapse(name, kind, ("unit", "head"), target, reads, shape)
 
-    def mirror(name, target, reads, upper):
-        """Synapses mirroring block `upper`'s first conv and its shortcut (KP learns each
-        with the deltas of the layer it mirrors); returns their names."""
-        first = sorted(k for k in signals["blocks"][upper] if k.startswith("conv"))[0]
-        layer = f"{upper}_{first}"
+    def mirror_conv(name, target, reads, block, conv):
+        """A synapse shaped like conv layer `conv` of `block`, reading that layer's error
+        (Kolen-Pollack learns it with the deltas of the layer it mirrors)."""
+        layer = f"{block}_{conv}"
         kernel = tuple(params[layer]["conv"]["kernel"].shape)
         synapses[name] = Synapse(name, "conv", ("layer", layer), target, reads, kernel,
-                                 _conv_geometry(signals, ("blocks", upper, first), kernel[0]))
+                                 _conv_geometry(signals, ("blocks", block, conv), kernel[0]))
+
+    def mirror(name, target, reads, upper):
+        """Synapses mirroring block `upper`'s first conv and its shortcut; returns their
+        names."""
+        first = sorted(k for k in signals["blocks"][upper] if k.startswith("conv"))[0]
+        mirror_conv(name, target, reads, upper, first)
         skip = f"{name}_skip"
         if "proj" in signals["blocks"][upper]:
-            kernel = tuple(params[f"{upper}_proj"]["conv"]["kernel"].shape)
-            synapses[skip] = Synapse(skip, "conv", ("layer", f"{upper}_proj"), target, reads,
-                                     kernel, _conv_geometry(signals, ("blocks", upper, "proj"),
-                                                            kernel[0]))
+            mirror_conv(skip, target, reads, upper, "proj")
         else:
             synapses[skip] = Synapse(skip, "identity", ("unit", upper), target, reads, ())
         return (name, skip)
@@ -343,11 +345,7 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
             if inner_direct:
                 from_output(name, name, reads, kind=direct_kind)
             else:  # from the conv error of the layer above, through a conv-transpose
-                upper = f"{b}_{convs[j + 1]}"
-                kernel = tuple(params[upper]["conv"]["kernel"].shape)
-                synapses[name] = Synapse(
-                    name, "conv", ("layer", upper), name, reads, kernel,
-                    _conv_geometry(signals, ("blocks", b, convs[j + 1]), kernel[0]))
+                mirror_conv(name, name, reads, b, convs[j + 1])
         if "proj" in block:
             conv_layer(f"{b}_proj", ("blocks", b, "proj"), b)
     stem = signals["stem"]
