@@ -18,6 +18,5 @@ from configs import fmnist_mlp
 def get_config(arg: str | None = None):
     config = fmnist_mlp.get_config(arg)
     config.dataset = "mnist"
-    if arg != "smoke":
-        config.input_noise = 0.3
+    config.input_noise = 0.3
     return config

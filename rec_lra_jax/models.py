@@ -68,14 +68,12 @@ def kernel_initializer(scheme: str, scale: float = 1.0) -> nn.initializers.Initi
     }
     if scheme not in schemes:
         raise ValueError(f"Unknown init scheme {scheme!r}; choose one of {sorted(schemes)}.")
-    if scale == 1.0:
-        return schemes[scheme]
     init = schemes[scheme]
 
     def scaled(key, shape, dtype=jnp.float32):
         return scale * init(key, shape, dtype)
 
-    return scaled
+    return init if scale == 1.0 else scaled
 
 
 def layer_name(index: int) -> str:
