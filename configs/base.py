@@ -104,6 +104,11 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.lra.feedback_init = "he"  # synapse std = feedback_scale * sqrt(2 / fan_in)
         config.lra.baseline_feedback_init = "he"  # dfa feedback matrices
         config.lra.head_last = True  # the last block driven through the head
+        # 0: off; > 0: the synapses that mirror a layer (the convs in a block, with the
+        # "mirror" skip source every conv, and the head's pool synapse) start at a
+        # weight-mirror estimate of it from noise (Akrout et al., NeurIPS 2019), this many
+        # noise samples per fan-in unit (relative error ~ 1 / sqrt(weight_mirror))
+        config.lra.weight_mirror = 0.0
         config.optim.lr = 3e-3
         config.optim.weight_decay = 0.05
         config.batch_size = 128

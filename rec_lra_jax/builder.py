@@ -114,7 +114,7 @@ def create_rule(config: ml_collections.ConfigDict, rule: str | None = None) -> r
     wiring = Wiring("recursive", module_size=lra.get("module_size", 2), depth=lra.depth,
                     skip_source=lra.get("skip_source", "dense"),
                     head_last=lra.get("head_last", True))
-    return rules.rec_lra(wiring=wiring, **options)
+    return rules.rec_lra(wiring=wiring, weight_mirror=lra.get("weight_mirror", 0.0), **options)
 
 
 def feedback_is_learned(config: ml_collections.ConfigDict, rule: str | None = None) -> bool:

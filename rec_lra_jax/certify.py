@@ -20,9 +20,11 @@ A rule is certified when, in the jaxpr of one train step,
 "Forward weights" are the kernel leaves (conv and dense) of the params tree. Biases and
 BatchNorm scales act on a layer's own units (like phi'), so a layer may use them in its own
 error. Calls inside scan, while and cond bodies are treated conservatively as one operation.
-Limits: (b) recognises kernels by identity, so code that copies them before differentiating
-is caught by (a) only; (a) catches any reuse of a kernel outside its forward, whatever
-produced it.
+What runs once before training is not traced: the synapses' init, including the weight
+mirror (`lra.weight_mirror`), which reads a kernel only through its layer's forward map
+applied to noise. Limits: (b) recognises kernels by identity, so code that copies them
+before differentiating is caught by (a) only; (a) catches any reuse of a kernel outside its
+forward, whatever produced it.
 """
 
 import contextlib

@@ -181,6 +181,7 @@ RESNET = {
     "lra.skip_source": Key(choice("dense", "channel", "head", "mirror"), rules("rec_lra")),
     "lra.bn_error": Key(choice("jacobian", "output", "scaled"), rules(*LOCAL, "dfa")),
     "lra.head_last": Key(BOOL, rules("rec_lra")),
+    "lra.weight_mirror": Key(number(0), rules("rec_lra")),
     "lra.baseline_feedback_init": Key(choice(*INITS), rules("dfa")),
 }
 FAMILIES = {"mlp": MLP, "resnet": RESNET}
@@ -190,6 +191,7 @@ FAMILY_ONLY = {
     "lra.skip_source": "an MLP's skips follow lra.module_size and lra.depth",
     "lra.head_last": "an MLP has no pooled head",
     "lra.bn_error": "an MLP has no BatchNorm",
+    "lra.weight_mirror": "an MLP's error synapses mirror no single layer",
 }
 
 

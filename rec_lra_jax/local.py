@@ -10,9 +10,13 @@ its error held fixed (docs/algorithm.md, "Local updates"):
                  get: gamma * corr(z_u, e_src) (Kolen-Pollack); "error_displacement":
                  -gamma * corr(d_u, e_src); "fixed": zeros.
 
+`weight_mirror` is an optional start for the synapses that mirror one conv layer: each
+learns from that layer's response to noise (Akrout et al., NeurIPS 2019), before training.
+
 With `dx` (an ablation) a hidden layer's error is first multiplied by phi'(h) of its unit.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -119,3 +123,97 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
         std = scale * variance[scheme](fan_in) ** 0.5
         out[name] = std * jax.random.normal(jax.random.fold_in(key, synapse.init_index), shape)
     return out
+
+
+def mirrored_layer(graph: Graph, synapse: Synapse):
+    """The forward layer whose transpose the synapse stands in for, or None: a conv
+    synapse carrying that conv layer's error, or a pool synapse carrying the error of a
+    dense layer's unit (the head) back through global average pooling."""
+    if synapse.kind == "conv" and synapse.source[0] == "layer":
+        return graph.layers[synapse.source[1]]
+    if synapse.kind == "pool":
+        for layer in graph.layers.values():
+            if (layer.kind == "dense" and layer.unit == synapse.source[1]
+                    and layer.kernel_shape == synapse.shape[::-1]):
+                return layer
+    return None
+
+
+def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
+                  synapses: dict[str, jax.Array], samples: float) -> dict[str, jax.Array]:
+    """Synapses that mirror a forward layer, started at that layer's weight-mirror estimate.
+
+    A weight mirror (Akrout et al., "Deep learning without weight transport", NeurIPS
+    2019) drives a layer's input with white noise xi ~ N(0, 1), reads the layer's linear
+    response y = xi W (a conv: conv(xi, W), before BatchNorm; no bias) and learns its
+    synapse by the correlation Kolen-Pollack uses, corr(xi, y). In expectation that is W
+    times the number of output positions each kernel tap sees, so dividing by that count
+    gives an unbiased estimate of W from activity alone. `samples` noise vectors per fan-in
+    unit (n inputs with n * output positions >= samples * fan_in) make its relative error
+    about 1 / sqrt(samples). Kolen-Pollack then keeps a synapse minus its layer shrinking
+    by the shared weight decay (docs/algorithm.md, "Initialisation").
+
+    Mirrored: conv synapses that carry one conv layer's error (inside every block; with
+    the "mirror" skip source also between blocks) and pool synapses carrying the head's
+    error (they stand for the head's kernel, transposed). Other synapses (dense or channel
+    skips) keep their random init. Raises ValueError when the graph has no mirrored
+    synapse (dense chains).
+    """
+    out = dict(synapses)
+    mirrored = {name: layer for name, s in graph.synapses.items()
+                if (layer := mirrored_layer(graph, s)) is not None}
+    if not mirrored:
+        raise ValueError("weight_mirror needs synapses that mirror a forward layer (a "
+                         "residual net's); this graph has none.")
+    for name, layer in mirrored.items():
+        synapse = graph.synapses[name]
+        kernel = get(params[layer.name], layer.kernel)
+        in_shape = tuple(get(signals, layer.input).shape[1:])
+        noise_key = jax.random.fold_in(key, synapse.init_index)
+        if synapse.kind == "pool":
+            n = max(1, math.ceil(samples * kernel.shape[0]))
+            xi = jax.random.normal(noise_key, (n, *in_shape), kernel.dtype)
+            out[name] = (xi @ kernel).T @ xi / n
+            continue
+        if synapse.geometry != layer.geometry:
+            raise ValueError(f"synapse {name!r} does not have the geometry of layer "
+                             f"{layer.name!r}, which it mirrors.")
+        strides, padding = layer.geometry
+        out[name] = conv_mirror(noise_key, kernel, samples, in_shape, strides, padding)
+    return out
+
+
+_MIRROR_CHUNK = 1 << 24  # noise elements drawn at once (64 MiB in float32)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def conv_mirror(key, kernel, samples, in_shape, strides, padding,
+                chunk_elements=_MIRROR_CHUNK):
+    """The weight-mirror estimate of one conv kernel from `samples` noise patches per
+    fan-in unit (see `weight_mirror`), at the conv's input shape (H, W, C_in), stride and
+    padding. The noise is drawn `chunk_elements` at a time, so the largest layers need no
+    more memory than the smallest."""
+    forward = functools.partial(conv.conv, strides=strides, padding=padding)
+    out_shape = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *in_shape), kernel.dtype),
+                               kernel).shape
+    fan_in = math.prod(kernel.shape[:-1])
+    n = max(1, math.ceil(samples * fan_in / math.prod(out_shape[1:3])))
+    per_chunk = max(1, min(n, chunk_elements // math.prod(in_shape)))
+    chunks = math.ceil(n / per_chunk)
+
+    def chunk(total, i):
+        xi = jax.random.normal(jax.random.fold_in(key, i), (per_chunk, *in_shape),
+                               kernel.dtype)
+        corr = conv.kernel_delta(xi, forward(xi, kernel), kernel.shape, strides=strides,
+                                 padding=padding)
+        return total + corr, None
+
+    if chunks == 1:  # XLA:CPU runs convs far slower inside a scan body
+        total, _ = chunk(jnp.zeros_like(kernel), 0)
+    else:
+        total, _ = jax.lax.scan(chunk, jnp.zeros_like(kernel), jnp.arange(chunks))
+    # Output positions each tap sees (fewer at the padded borders).
+    count = conv.kernel_delta(jnp.ones((1, *in_shape), kernel.dtype),
+                              jnp.ones(out_shape, kernel.dtype), kernel.shape,
+                              strides=strides, padding=padding)
+    return total / chunks / count

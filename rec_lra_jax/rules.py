@@ -69,7 +69,8 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
                alpha_adjacent: Any = 1.0, feedback_rule: str = "kp",
                feedback_init: str | None = None, feedback_scale: Any = 1.0, dx: bool = False,
                bn_error: str = "jacobian", activation: str | Callable | None = None,
-               output_error_unit: str | None = None, rescale: bool = False) -> Rule:
+               output_error_unit: str | None = None, rescale: bool = False,
+               weight_mirror: float = 0.0) -> Rule:
     """A rule that is one top-down sweep plus local deltas (see `rec_lra` for the options)."""
     _check(mode, sweep.MODES, "mode")
     _check(error_unit, sweep.ERROR_UNITS, "error unit")
@@ -85,7 +86,12 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
         return build(wiring, signals, params, phi)
 
     def init_feedback(key, signals, params):
-        return local.init_synapses(key, graph(signals, params), feedback_init, feedback_scale)
+        g = graph(signals, params)
+        synapses = local.init_synapses(key, g, feedback_init, feedback_scale)
+        if weight_mirror:
+            synapses = local.weight_mirror(jax.random.fold_in(key, 0x5EED), g, signals, params,
+                                           synapses, weight_mirror)
+        return synapses
 
     def init_fn(params):
         del params
@@ -112,7 +118,8 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
             feedback_rule: str = "kp", feedback_init: str | None = None,
             feedback_scale: Any = 1.0, dx: bool = False, bn_error: str = "jacobian",
             activation: str | Callable | None = None,
-            output_error_unit: str | None = "l2", rescale: bool = False) -> Rule:
+            output_error_unit: str | None = "l2", rescale: bool = False,
+            weight_mirror: float = 0.0) -> Rule:
     """Recursive local representation alignment (Ororbia et al., AAAI 2023).
 
     Each unit gets the target ybar = phi(h - beta d) from a displacement d carried by its
@@ -136,6 +143,10 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
       rescale: divide each hidden unit's mismatch z - ybar by beta (errors keep their
         scale over long chains such as the "mirror" wiring's).
       bn_error: "jacobian", "output" or "scaled": a conv's error behind its BatchNorm.
+      weight_mirror: 0 (off) or the noise samples per fan-in unit of a weight-mirror start
+        (Akrout et al., NeurIPS 2019) for the synapses that mirror a residual net's layer
+        (`local.weight_mirror`): each starts at an estimate of that layer's kernel from its
+        response to noise.
       activation: the hidden activation of a dense chain (a name or a callable; residual
         nets use relu). With `inject_hyperparams`, pass a callable in `static_args`.
 
@@ -153,7 +164,8 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
                       alpha_adjacent=alpha_adjacent, feedback_rule=feedback_rule,
                       feedback_init=feedback_init, feedback_scale=feedback_scale, dx=dx,
                       bn_error=bn_error, activation=activation,
-                      output_error_unit=output_error_unit, rescale=rescale)
+                      output_error_unit=output_error_unit, rescale=rescale,
+                      weight_mirror=weight_mirror)
 
 
 def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",

@@ -23,7 +23,7 @@ FREE_KEYS = frozenset({
 
 # Keys added after runs were saved, with the value that reproduces those runs: a saved
 # config without the key matches a config holding that value.
-ADDED_KEYS = {"model.init_scale": 1.0}
+ADDED_KEYS = {"model.init_scale": 1.0, "lra.weight_mirror": 0.0}
 
 
 class ConfigChangedError(RuntimeError):

@@ -1,11 +1,13 @@
 """rec-LRA and the baselines on ResNets: structure, a hand-written sweep, BN, FA layers."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rec_lra_jax import conv, feedback_ops, resnet, rules, sweep
+from rec_lra_jax import conv, feedback_ops, local, resnet, rules, sweep
 from rec_lra_jax.wiring import Wiring
 from tests.helpers import rule_deltas
 
@@ -215,8 +217,10 @@ def test_depth3_wiring_is_a_graph_variant_only():
                                   base["params"]["head"]["kernel"])
 
 
+@functools.cache
 def _mirror_oracle(depth, stem):
-    """A ResNet in float64 and mirror synapses set to the forward weights they mirror."""
+    """A ResNet in float64 and mirror synapses set to the forward weights they mirror
+    (cached: several tests read it, none changes it)."""
     from rec_lra_jax import wiring  # noqa: PLC0415
 
     size = 32 if stem == "imagenet" else 16
@@ -298,3 +302,61 @@ def test_rescale_keeps_errors_from_shrinking_along_the_chain():
         ratios[rescale] = float(jnp.linalg.norm(units["stem"]) /
                                 jnp.linalg.norm(units["block_07"]))
     assert ratios[False] < 1e-6 < 1e-2 < ratios[True]
+
+
+def test_weight_mirror_starts_each_synapse_near_the_layer_it_mirrors():
+    """The weight mirror estimates each mirrored kernel (every conv synapse and the head's
+    pool synapse) from the layer's response to noise: relative error about
+    1 / sqrt(samples), an estimate rather than a copy (a random start is as far from the
+    kernel as the kernel is long). With it the first step's deltas point along backprop's
+    gradient: cosine > 0.85 on every conv layer."""
+    with jax.enable_x64(True):
+        model, variables, graph, oracle, x, labels = _mirror_oracle(18, "cifar")
+        params = variables["params"]
+        signals = model.apply(variables, x, train=False)
+        for samples in (0.0, 100.0):
+            rule = rules.rec_lra(wiring=Wiring(skip_source="mirror"), beta=1e-7, rescale=True,
+                                 weight_mirror=samples)
+            feedback = rule.init_feedback(jax.random.key(1), signals, params)
+            assert set(feedback) == set(oracle)
+            errors = [float(jnp.linalg.norm(feedback[n] - o) / jnp.linalg.norm(o))
+                      for n, o in oracle.items()]
+            if samples:
+                assert 0.3 / samples**0.5 < min(errors) <= max(errors) < 2 / samples**0.5
+            else:
+                assert min(errors) > 0.9
+        deltas = rule_deltas(rule, model, params, feedback, x, labels,
+                             variables["batch_stats"])
+        grads = rule_deltas(rules.backprop(), model, params, {}, x, labels,
+                            variables["batch_stats"])
+        cosines = [float(jnp.vdot(d, g) / (jnp.linalg.norm(d) * jnp.linalg.norm(g)))
+                   for d, g in zip(jax.tree.leaves(deltas["params"]),
+                                   jax.tree.leaves(grads["params"]), strict=True)
+                   if d.ndim == 4]
+        assert min(cosines) > 0.85 and np.mean(cosines) > 0.95
+
+
+def test_weight_mirror_needs_mirrored_synapses():
+    """A dense chain's synapses mirror no single layer: the option is refused."""
+    from rec_lra_jax import models  # noqa: PLC0415
+
+    model = models.MLP(features=(8, 8, 3), activation="tanh")
+    x = jnp.ones((2, 5))
+    params = model.init(jax.random.key(0), x)["params"]
+    signals = model.apply({"params": params}, x)
+    rule = rules.rec_lra(weight_mirror=10.0, activation="tanh")
+    with pytest.raises(ValueError, match="mirror a forward layer"):
+        rule.init_feedback(jax.random.key(1), signals, params)
+
+
+@pytest.mark.parametrize("strides,chunk", [(1, 1 << 24), (2, 1 << 24), (1, 2048)])
+def test_conv_mirror_is_unbiased_in_one_chunk_or_many(strides, chunk):
+    """The estimate's relative error is about 1 / sqrt(samples), with the padded borders
+    counted, whether the noise comes in one draw or in chunks (here 8 x 8 x 4 inputs, 64
+    per chunk)."""
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 8))
+    for samples in (25.0, 400.0):
+        estimate = local.conv_mirror(jax.random.key(1), kernel, samples, (8, 8, 4), strides, 1,
+                                     chunk)
+        error = float(jnp.linalg.norm(estimate - kernel) / jnp.linalg.norm(kernel))
+        assert 0.3 / samples**0.5 < error < 2 / samples**0.5

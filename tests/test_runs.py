@@ -87,6 +87,10 @@ def test_a_key_added_since_a_run_matches_at_its_old_behaviour():
     assert rundir.config_changes(saved, now) == []
     now["model"]["init_scale"] = 0.1
     assert rundir.config_changes(saved, now) == ["model.init_scale: 1.0 -> 0.1"]
+    now = {"model": {"name": "resnet", "init": "he"}, "lra": {"beta": 0.1, "weight_mirror": 0.0}}
+    assert rundir.config_changes(saved, now) == []
+    now["lra"]["weight_mirror"] = 100.0
+    assert rundir.config_changes(saved, now) == ["lra.weight_mirror: 0.0 -> 100.0"]
 
 
 def test_user_paths_expand_home(tmp_path, monkeypatch):
