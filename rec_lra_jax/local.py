@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rec_lra_jax import conv
 from rec_lra_jax.sweep import Errors, norm_error
@@ -172,7 +173,8 @@ def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
         noise_key = jax.random.fold_in(key, synapse.init_index)
         if synapse.kind == "pool":
             n = max(1, math.ceil(samples * kernel.shape[0]))
-            xi = jax.random.normal(noise_key, (n, *in_shape), kernel.dtype)
+            xi = jnp.asarray(_numpy_rng(noise_key).standard_normal((n, *in_shape), np.float32),
+                             kernel.dtype)
             out[name] = (xi @ kernel).T @ xi / n
             continue
         if synapse.geometry != layer.geometry:
@@ -186,13 +188,13 @@ def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
 _MIRROR_CHUNK = 1 << 24  # noise elements drawn at once (64 MiB in float32)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
-def conv_mirror(key, kernel, samples, in_shape, strides, padding,
-                chunk_elements=_MIRROR_CHUNK):
+def conv_mirror(key: jax.Array, kernel: jax.Array, samples: float,
+                in_shape: tuple[int, ...], strides: int, padding: int,
+                chunk_elements: int = _MIRROR_CHUNK) -> jax.Array:
     """The weight-mirror estimate of one conv kernel from `samples` noise patches per
     fan-in unit (see `weight_mirror`), at the conv's input shape (H, W, C_in), stride and
     padding. The noise is drawn `chunk_elements` at a time, so the largest layers need no
-    more memory than the smallest."""
+    more memory than the smallest. Cost: about 2 * samples * fan_in^2 * C_out flops."""
     forward = functools.partial(conv.conv, strides=strides, padding=padding)
     out_shape = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *in_shape), kernel.dtype),
                                kernel).shape
@@ -200,20 +202,29 @@ def conv_mirror(key, kernel, samples, in_shape, strides, padding,
     n = max(1, math.ceil(samples * fan_in / math.prod(out_shape[1:3])))
     per_chunk = max(1, min(n, chunk_elements // math.prod(in_shape)))
     chunks = math.ceil(n / per_chunk)
+    rng = _numpy_rng(key)  # numpy draws the noise: no RNG kernel to compile per shape
+    total = sum(_mirror_chunk(rng.standard_normal((per_chunk, *in_shape), np.float32).astype(
+        kernel.dtype), kernel, strides, padding) for _ in range(chunks))
+    return total / chunks / _tap_counts(kernel.shape, in_shape, out_shape, strides, padding)
 
-    def chunk(total, i):
-        xi = jax.random.normal(jax.random.fold_in(key, i), (per_chunk, *in_shape),
-                               kernel.dtype)
-        corr = conv.kernel_delta(xi, forward(xi, kernel), kernel.shape, strides=strides,
-                                 padding=padding)
-        return total + corr, None
 
-    if chunks == 1:  # XLA:CPU runs convs far slower inside a scan body
-        total, _ = chunk(jnp.zeros_like(kernel), 0)
-    else:
-        total, _ = jax.lax.scan(chunk, jnp.zeros_like(kernel), jnp.arange(chunks))
-    # Output positions each tap sees (fewer at the padded borders).
-    count = conv.kernel_delta(jnp.ones((1, *in_shape), kernel.dtype),
-                              jnp.ones(out_shape, kernel.dtype), kernel.shape,
-                              strides=strides, padding=padding)
-    return total / chunks / count
+def _tap_counts(kernel_shape, in_shape, out_shape, strides, padding) -> np.ndarray:
+    """How many output positions each kernel tap sees inside the input (fewer at the
+    padded borders): the expected corr(xi, conv(xi, W)) is W times this."""
+    def per_axis(size, taps, outputs):
+        rows = np.arange(outputs)[:, None] * strides + np.arange(taps)[None, :] - padding
+        return np.sum((rows >= 0) & (rows < size), axis=0)
+    counts = np.outer(per_axis(in_shape[0], kernel_shape[0], out_shape[1]),
+                      per_axis(in_shape[1], kernel_shape[1], out_shape[2]))
+    return counts[:, :, None, None].astype(np.float32)
+
+
+def _numpy_rng(key: jax.Array) -> np.random.Generator:
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _mirror_chunk(xi, kernel, strides, padding):
+    """corr(xi, conv(xi, W)) / N for N noise inputs xi."""
+    y = conv.conv(xi, kernel, strides=strides, padding=padding)
+    return conv.kernel_delta(xi, y, kernel.shape, strides=strides, padding=padding)
