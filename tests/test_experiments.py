@@ -37,6 +37,17 @@ def test_smoke_entry_points(tmp_path, module, config):
         assert 0.0 <= results[key] <= 1.0
     assert results["steps"] > 0
     assert os.listdir(tmp_path / "tensorboard")
+    if module == "experiments.cifar10":  # the trained run's per-tensor alignment
+        proc = _run("experiments.alignment", config, tmp_path, "--betas=0.5,0.001")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines()
+                if line.startswith("| [")]
+        cos = {name.strip(): [float(v) for v in values] for name, *values in rows}
+        assert "['stem']['bn']['bias']" in cos and len(cos["['head']['kernel']"]) == 2
+        # Weight-mirror synapses, tracked by Kolen-Pollack: at a tiny beta every kernel's
+        # delta lies along backprop's gradient.
+        kernels = [v[1] for name, v in cos.items() if name.endswith("['kernel']")]
+        assert cos["['head']['kernel']"][1] > 0.99 and min(kernels) > 0.9, cos
 
 
 def test_imagenet_without_data_explains_how_to_prepare(tmp_path):

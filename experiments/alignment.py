@@ -1,0 +1,81 @@
+r"""Per-tensor alignment of a trained run's local deltas to the backprop gradient.
+
+  python -m experiments.alignment --config=configs/cifar10_resnet18.py:cpu --workdir=RUN \
+      --config.data.dir=CIFAR_DIR --betas=0.5,0.05
+
+Restores the newest checkpoint of RUN (a run of a local rule trained with this config),
+takes the first --examples training examples (no augmentation), and prints one markdown
+row per parameter tensor (conv kernels, BatchNorm scales and biases, the head): the cosine
+of the rule's delta to backprop's gradient on that batch, for each beta of --betas (the
+same weights, synapses and BatchNorm statistics; only the target nudge changes). The
+training-time diagnostic (`diagnostics.cosine`) follows the kernels only; BatchNorm's
+parameters see the part of each error its Jacobian removes from the kernel deltas (the
+per-channel mean and the x_hat component), so they can disagree where kernels agree.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import shell
+from rec_lra_jax import builder, checkpoints, rules
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A finished or interrupted run of a local rule.")
+flags.DEFINE_list("betas", [], "Target nudges to compare (default: the config's lra.beta).")
+flags.DEFINE_integer("examples", 256, "Training examples in the batch.")
+config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=False)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def cosines(config, workdir: str, betas: list[float], examples: int) -> dict[str, list[float]]:
+    """{parameter path: [cos(delta at beta, backprop gradient) for beta in betas]}."""
+    import jax  # noqa: PLC0415 - after flag parsing, like every entry point
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from rec_lra_jax import steps  # noqa: PLC0415
+
+    if not rules.RULES[config.rule].local:
+        raise builder.ConfigError(f"rule={config.rule!r} is an autodiff rule: its deltas are "
+                                  f"gradients already; pass a run of a local rule.")
+    data = builder.create_data(config)
+    kwargs = dict(input_shape=data.image_shape, num_classes=data.num_classes,
+                  total_steps=1, donate=False)
+    setup = builder.create_setup(config, **kwargs)
+    backprop = builder.create_setup(config, rule="bp", **kwargs)
+    ckpt = checkpoints.Checkpoints(workdir)
+    restored = ckpt.restore_latest(setup.state)
+    ckpt.close()
+    if restored is None:
+        raise checkpoints.CheckpointError(f"{workdir} holds no checkpoint.")
+    state = restored[0]
+    images, labels = next(data.train.eval_batches(examples))
+    x = steps.normalize(jnp.asarray(images), data.normalization)
+    onehot = jax.nn.one_hot(jnp.asarray(labels), data.num_classes)
+    grads = steps.rule_deltas(backprop.model, backprop.rule, state.params, {},
+                              state.batch_stats, x, onehot)["params"]
+    out: dict[str, list[float]] = {}
+    for beta in betas:
+        config.lra.beta = beta
+        deltas = steps.rule_deltas(setup.model, builder.create_rule(config), state.params,
+                                   state.feedback, state.batch_stats, x, onehot)["params"]
+        for (path, d), g in zip(jax.tree_util.tree_leaves_with_path(deltas),
+                                jax.tree.leaves(grads), strict=True):
+            cos = jnp.vdot(d, g) / (jnp.linalg.norm(d) * jnp.linalg.norm(g) + 1e-30)
+            out.setdefault(jax.tree_util.keystr(path), []).append(float(cos))
+    return out
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    builder.validate(config, overridden=shell.overridden())
+    betas = [float(b) for b in FLAGS.betas] or [config.lra.beta]
+    table = cosines(config, FLAGS.workdir, betas, FLAGS.examples)
+    print("| parameter | " + " | ".join(f"cos, beta {b:g}" for b in betas) + " |")
+    print("| --- |" + " --- |" * len(betas))
+    for name, values in table.items():
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+
+
+if __name__ == "__main__":
+    shell.run_main(main)
