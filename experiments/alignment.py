@@ -13,6 +13,8 @@ parameters see the part of each error its Jacobian removes from the kernel delta
 per-channel mean and the x_hat component), so they can disagree where kernels agree.
 """
 
+import os
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -37,6 +39,8 @@ def cosines(config, workdir: str, betas: list[float], examples: int) -> dict[str
     if not rules.RULES[config.rule].local:
         raise builder.ConfigError(f"rule={config.rule!r} is an autodiff rule: its deltas are "
                                   f"gradients already; pass a run of a local rule.")
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # before orbax makes dirs
+        raise checkpoints.CheckpointError(f"{workdir} holds no checkpoint.")
     data = builder.create_data(config)
     kwargs = dict(input_shape=data.image_shape, num_classes=data.num_classes,
                   total_steps=1, donate=False)

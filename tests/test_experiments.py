@@ -48,6 +48,10 @@ def test_smoke_entry_points(tmp_path, module, config):
         # delta lies along backprop's gradient.
         kernels = [v[1] for name, v in cos.items() if name.endswith("['kernel']")]
         assert cos["['head']['kernel']"][1] > 0.99 and min(kernels) > 0.9, cos
+        missing = tmp_path / "no_run"
+        proc = _run("experiments.alignment", config, missing)
+        assert proc.returncode == 1 and "holds no checkpoint" in proc.stderr
+        assert not missing.exists()  # nothing created
 
 
 def test_imagenet_without_data_explains_how_to_prepare(tmp_path):
