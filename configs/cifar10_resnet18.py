@@ -9,9 +9,8 @@ tree (train/<class>/*, test/<class>/*); or tfds "cifar10" prepared as array_reco
 on device inside the jitted step. A full-width ResNet-18 step at batch 128 takes seconds on
 a CPU: this config is meant for accelerators. rec-LRA runs the mirror wiring here, its
 synapses started by a weight mirror, with AdamW lr 0.01; every rule uses the same config
-(each rule's learning rate was chosen on validation with the same budget, and both
-rec-LRA and backprop chose 0.01: BENCHMARKS.md, "CIFAR-10 wiring ablation" and "Weight
-mirror").
+(rec-LRA and backprop each chose lr 0.01 on validation in 3-epoch probes: BENCHMARKS.md,
+"CIFAR-10 wiring ablation" and "Weight mirror").
 Arguments: `smoke` (a width-4 net on synthetic 32x32x3 data, seconds; used by CI);
 `cpu` (the CPU-sized comparison of BENCHMARKS.md: width 8, 5 epochs, about 1.5-2 minutes
 per epoch and rule on 2 cores):

@@ -10,8 +10,9 @@ its error held fixed (docs/algorithm.md, "Local updates"):
                  get: gamma * corr(z_u, e_src) (Kolen-Pollack); "error_displacement":
                  -gamma * corr(d_u, e_src); "fixed": zeros.
 
-`weight_mirror` is an optional start for the synapses that mirror one conv layer: each
-learns from that layer's response to noise (Akrout et al., NeurIPS 2019), before training.
+`weight_mirror` is an optional start for the synapses that stand for one layer (a conv, or
+the head behind a pool synapse): each learns from that layer's response to noise (Akrout
+et al., NeurIPS 2019), before training.
 
 With `dx` (an ablation) a hidden layer's error is first multiplied by phi'(h) of its unit.
 """
