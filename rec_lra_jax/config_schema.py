@@ -244,6 +244,22 @@ def check(flat: dict[str, Any], *, rules_run: tuple[str, ...] | None = None,
     return problems + _combinations(flat, family)
 
 
+def unread(flat: dict[str, Any]) -> dict[str, str]:
+    """The schema's keys that the config `flat`'s own rule, source and options do not read
+    (present in `flat` or not), each with why; empty without a model family and rule.
+
+    rundir ignores them when it compares a workdir's saved config with a new one: a
+    backprop run is the same run whatever its config says about rec-LRA's beta.
+    """
+    if flat.get("model.name") not in FAMILIES or "rule" not in flat:
+        return {}
+    schema = {**COMMON, **FAMILIES[flat["model.name"]]}
+    view = View(flat["model.name"], (flat["rule"],), flat.get("data.source"),
+                flat.get("dataset"), flat)
+    reasons = {key: spec.reads(view) for key, spec in schema.items() if spec.reads is not None}
+    return {key: reason for key, reason in reasons.items() if reason}
+
+
 def _combinations(flat: dict, family: str) -> list[str]:
     """Values that are each valid but do not work together."""
     problems = []

@@ -5,7 +5,9 @@ there and refuses a run whose config differs in any key that changes the results
 them, unless the caller allows it (`--allow_config_change`). Raising num_epochs (to extend
 a run) and the keys in FREE_KEYS (logging, evaluation batching, data readers, checkpoint
 cadence) may change freely, and a key added since (ADDED_KEYS) matches a saved config without it
-when it holds the value that reproduces the old runs. Only process 0 writes these files.
+when it holds the value that reproduces the old runs. Keys that neither config's rule
+reads (config_schema.unread: rec-LRA's beta in a backprop run) may differ too. Only
+process 0 writes these files.
 """
 
 import json
@@ -39,12 +41,15 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     """'key: saved -> current' for every key that differs, except those allowed to."""
     old = config_schema.flatten(_json_ready(saved))
     new = config_schema.flatten(_json_ready(current))
+    # Keys neither run reads (rec-LRA's options in a backprop run): if what decides that
+    # (rule, data source, an option) differs, that key is listed itself.
+    unread = set(config_schema.unread(new)) & set(config_schema.unread(old))
     changes = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
         if key in ADDED_KEYS and a == "<absent>":
             a = ADDED_KEYS[key]
-        if a == b or key in FREE_KEYS:
+        if a == b or key in FREE_KEYS or key in unread:
             continue
         if key == "num_epochs" and isinstance(a, int) and isinstance(b, int) and b > a:
             continue  # extending a run

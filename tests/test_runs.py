@@ -17,6 +17,7 @@ from rec_lra_jax import (
     checkpoints,
     config_schema,
     folder,
+    input_pipeline,
     metrics,
     rundir,
     sources,
@@ -91,6 +92,51 @@ def test_a_key_added_since_a_run_matches_at_its_old_behaviour():
     assert rundir.config_changes(saved, now) == []
     now["lra"]["weight_mirror"] = 100.0
     assert rundir.config_changes(saved, now) == ["lra.weight_mirror: 0.0 -> 100.0"]
+
+
+# Another valid value for each key that some rule or option does not read.
+_OTHER = {
+    "lra.beta": (0.3, 0.2), "lra.gamma": (0.5, 2.0), "lra.feedback_rule": ("fixed", "kp"),
+    "lra.error_unit": ("cauchy", "l2"), "lra.alpha_skip": (0.5, 0.25),
+    "lra.alpha_adjacent": (0.5, 0.25), "lra.output_error_unit": ("same", "l2"),
+    "lra.feedback_init": ("lecun", "he"), "lra.feedback_scale": (0.5, 2.0),
+    "lra.depth": (1, 3), "lra.module_size": (3, 2), "lra.baseline_feedback_init": ("lecun", "he"),
+    "lra.skip_source": ("channel", "dense"), "lra.bn_error": ("output", "jacobian"),
+    "lra.weight_mirror": (5.0, 0.0), "optim.momentum": (0.5, 0.8),
+    "optim.final_lr_frac": (0.5, 0.1),
+}
+
+
+@pytest.mark.parametrize("family,rule", [
+    ("mlp", r) for r in ("lra_e", "bp", "fa", "dfa", "sign_symmetry")] + [
+    ("resnet", r) for r in ("bp", "dfa")])
+def test_keys_a_rule_does_not_read_change_nothing(family, rule):
+    # rundir reuses a finished run whose saved config differs only in keys its rule does
+    # not read (config_schema.unread): the schema's claim must hold, bit for bit.
+    module = fmnist_resnet18 if family == "resnet" else None
+    base = smoke_config(module, rule=rule)
+    flat = config_schema.flatten(base.to_dict())
+    keys = sorted(k for k in config_schema.unread(flat) if k.split(".")[0] in ("lra", "optim"))
+    assert keys, "nothing to check"
+    changed = {}
+    for key in keys:
+        value = flat[key]
+        assert key in _OTHER or isinstance(value, bool), f"add {key} to _OTHER"
+        changed[key] = (not value) if isinstance(value, bool) else next(
+            v for v in _OTHER[key] if v != value)
+    other = smoke_config(module, rule=rule, **changed)
+    assert set(config_schema.unread(config_schema.flatten(other.to_dict()))) >= set(keys)
+    batches = jax.numpy.arange(2 * 32).reshape(2, 32)
+    raw = input_pipeline.synthetic_arrays((28, 28, 1), 10, seed=0)["train"]
+    data = (jax.numpy.asarray(raw[0]), jax.numpy.asarray(raw[1]))
+    states = []
+    for config in (base, other):
+        setup = builder.create_setup(config, input_shape=(28, 28, 1), num_classes=10,
+                                     total_steps=10, donate=False)
+        states.append(setup.train_fn(setup.state, data, batches)[0])
+    jax.tree.map(np.testing.assert_array_equal, *states)
+    # ... so a finished run is reused under either config.
+    assert rundir.config_changes(base.to_dict(), other.to_dict()) == []
 
 
 def test_user_paths_expand_home(tmp_path, monkeypatch):
