@@ -173,10 +173,7 @@ def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
         in_shape = tuple(get(signals, layer.input).shape[1:])
         noise_key = jax.random.fold_in(key, synapse.init_index)
         if synapse.kind == "pool":
-            n = max(1, math.ceil(samples * kernel.shape[0]))
-            xi = jnp.asarray(_numpy_rng(noise_key).standard_normal((n, *in_shape), np.float32),
-                             kernel.dtype)
-            out[name] = (xi @ kernel).T @ xi / n
+            out[name] = dense_mirror(noise_key, kernel, samples)
             continue
         if synapse.geometry != layer.geometry:
             raise ValueError(f"synapse {name!r} does not have the geometry of layer "
@@ -207,6 +204,24 @@ def conv_mirror(key: jax.Array, kernel: jax.Array, samples: float,
     total = sum(_mirror_chunk(rng.standard_normal((per_chunk, *in_shape), np.float32).astype(
         kernel.dtype), kernel, strides, padding) for _ in range(chunks))
     return total / chunks / _tap_counts(kernel.shape, in_shape, out_shape, strides, padding)
+
+
+def dense_mirror(key: jax.Array, kernel: jax.Array, samples: float,
+                 chunk_elements: int = _MIRROR_CHUNK) -> jax.Array:
+    """The weight-mirror estimate of a dense kernel (fan_in, fan_out), transposed:
+    corr(y, xi) = (xi W)^T xi / n over n = samples * fan_in noise inputs xi, drawn
+    `chunk_elements` at a time (one numpy stream, so the chunking does not change it)."""
+    fan_in = kernel.shape[0]
+    n = max(1, math.ceil(samples * fan_in))
+    per_chunk = max(1, min(n, chunk_elements // fan_in))
+    rng = _numpy_rng(key)
+    total = None
+    for start in range(0, n, per_chunk):
+        xi = jnp.asarray(rng.standard_normal((min(per_chunk, n - start), fan_in), np.float32),
+                         kernel.dtype)
+        part = (xi @ kernel).T @ xi
+        total = part if total is None else total + part
+    return total / n
 
 
 def _tap_counts(kernel_shape, in_shape, out_shape, strides, padding) -> np.ndarray:

@@ -360,3 +360,14 @@ def test_conv_mirror_is_unbiased_in_one_chunk_or_many(strides, chunk):
                                      chunk)
         error = float(jnp.linalg.norm(estimate - kernel) / jnp.linalg.norm(kernel))
         assert 0.3 / samples**0.5 < error < 2 / samples**0.5
+
+
+def test_dense_mirror_chunks_draw_the_same_noise():
+    """The head's pool-synapse mirror (kernel transposed) is unbiased, and drawing its
+    noise in chunks (of 3 rows here, the last one short) gives the one-draw estimate."""
+    kernel = jax.random.normal(jax.random.key(0), (16, 10))
+    whole = local.dense_mirror(jax.random.key(1), kernel, 100.0)
+    chunked = local.dense_mirror(jax.random.key(1), kernel, 100.0, chunk_elements=3 * 16)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-4)
+    error = float(jnp.linalg.norm(whole - kernel.T) / jnp.linalg.norm(kernel))
+    assert 0.03 < error < 0.2
