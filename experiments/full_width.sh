@@ -33,7 +33,7 @@ DEADLINE=${DEADLINE:-540}
 STREAMS=${STREAMS:-"A B C"}
 START=$(date +%s)
 mkdir -p "$RUNS/logs"
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 
