@@ -192,7 +192,7 @@ def conv_mirror(key: jax.Array, kernel: jax.Array, samples: float,
     """The weight-mirror estimate of one conv kernel from `samples` noise patches per
     fan-in unit (see `weight_mirror`), at the conv's input shape (H, W, C_in), stride and
     padding. The noise is drawn `chunk_elements` at a time, so the largest layers need no
-    more memory than the smallest. Cost: about 2 * samples * fan_in^2 * C_out flops."""
+    more memory than the smallest. Taps that never overlap the input (small maps) are 0. Cost: about 2 * samples * fan_in^2 * C_out flops."""
     forward = functools.partial(conv.conv, strides=strides, padding=padding)
     out_shape = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *in_shape), kernel.dtype),
                                kernel).shape
@@ -203,7 +203,12 @@ def conv_mirror(key: jax.Array, kernel: jax.Array, samples: float,
     rng = _numpy_rng(key)  # numpy draws the noise: no RNG kernel to compile per shape
     total = sum(_mirror_chunk(rng.standard_normal((per_chunk, *in_shape), np.float32).astype(
         kernel.dtype), kernel, strides, padding) for _ in range(chunks))
-    return total / chunks / _tap_counts(kernel.shape, in_shape, out_shape, strides, padding)
+    counts = _tap_counts(kernel.shape, in_shape, out_shape, strides, padding)
+    # A tap that sees no input position (a 3x3 kernel on a 1x1 map, a strided conv's
+    # padded edge) never acts, forward or transposed: its weight is unobservable, and 0
+    # makes the synapse act exactly like the kernel. Dividing by its count of 0 gave NaN.
+    return jnp.where(counts > 0, total / chunks / np.maximum(counts, 1), 0.0).astype(
+        kernel.dtype)
 
 
 def dense_mirror(key: jax.Array, kernel: jax.Array, samples: float,

@@ -362,6 +362,32 @@ def test_conv_mirror_is_unbiased_in_one_chunk_or_many(strides, chunk):
         assert 0.3 / samples**0.5 < error < 2 / samples**0.5
 
 
+@pytest.mark.parametrize("in_hw,strides", [(1, 1), (2, 2), (1, 2)])
+def test_conv_mirror_on_maps_smaller_than_the_kernel(in_hw, strides):
+    """On small maps some taps never overlap the input (a 3x3 conv on a 1x1 map, the
+    padded edge of a stride-2 conv on 2x2): they cannot be observed, never act, and the
+    estimate holds 0 there; the taps that act are estimated as on large maps. (Dividing by
+    their count of 0 gave NaN, and the ImageNet stem at 32x32 diverged at its first step.)"""
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 8))
+    estimate = local.conv_mirror(jax.random.key(1), kernel, 400.0, (in_hw, in_hw, 4), strides, 1)
+    assert np.all(np.isfinite(np.asarray(estimate)))
+    counts = local._tap_counts(kernel.shape, (in_hw, in_hw, 4),
+                               (1, (in_hw + 2 - 3) // strides + 1,
+                                (in_hw + 2 - 3) // strides + 1, 8), strides, 1)[:, :, 0, 0]
+    seen = counts > 0
+    assert 0 < seen.sum() < 9
+    np.testing.assert_array_equal(np.asarray(estimate)[~seen], 0.0)
+    error = float(jnp.linalg.norm(estimate[seen] - kernel[seen]) / jnp.linalg.norm(kernel[seen]))
+    assert error < 2 / 400.0**0.5
+    # Unseen taps never act: the conv with the estimate matches the conv with the kernel.
+    x = jax.random.normal(jax.random.key(2), (2, in_hw, in_hw, 4))
+    from rec_lra_jax import conv  # noqa: PLC0415
+    exact = conv.conv(x, kernel, strides=strides, padding=1)
+    masked = conv.conv(x, jnp.where(seen[:, :, None, None], kernel, 0.0), strides=strides,
+                       padding=1)
+    np.testing.assert_allclose(masked, exact, rtol=1e-5, atol=1e-5)
+
+
 def test_dense_mirror_chunks_draw_the_same_noise():
     """The head's pool-synapse mirror (kernel transposed) is unbiased, and drawing its
     noise in chunks (of 3 rows here, the last one short) gives the one-draw estimate."""
