@@ -22,7 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import shell
-from rec_lra_jax import builder, train
+from rec_lra_jax import builder, config_schema, train
 from rec_lra_jax.config_schema import ConfigError
 
 FLAGS = flags.FLAGS
@@ -66,16 +66,10 @@ def _split_values(values: str) -> list[str]:
 
 
 def _set(config, key: str, value) -> None:
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = node.get(p) if hasattr(node, "get") else None
-    if node is None or not hasattr(node, "get") or leaf not in node:
-        raise ConfigError(f"--vary: {key} is not a key of this config (configs/base.py lists "
-                          f"them; family-only keys: rec_lra_jax/config_schema.py).")
-    if isinstance(node[leaf], tuple) and isinstance(value, list):
-        value = tuple(value)
-    node[leaf] = value
+    try:
+        config_schema.set_key(config, key, value)
+    except ConfigError as e:
+        raise ConfigError(f"--vary: {e}") from None
 
 
 def main(argv):

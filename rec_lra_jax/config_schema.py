@@ -206,6 +206,27 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def set_key(config, key: str, value) -> None:
+    """config["a.b.c"] = value for a nested ConfigDict (unlocked) or dict; a list given for
+    a tuple-valued key becomes a tuple. Raises ConfigError naming the key when the config
+    has no such key."""
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.get(p) if hasattr(node, "get") else None
+    if node is None or not hasattr(node, "get") or leaf not in node:
+        raise ConfigError(f"{key} is not a key of this config (configs/base.py lists them; "
+                          f"family-only keys: rec_lra_jax/config_schema.py).")
+    if isinstance(node[leaf], tuple) and isinstance(value, list):
+        value = tuple(value)
+    node[leaf] = value
+
+
+def _view(flat: dict[str, Any], rules_run: tuple[str, ...]) -> View:
+    return View(flat.get("model.name"), rules_run, flat.get("data.source"),
+                flat.get("dataset"), flat)
+
+
 def check(flat: dict[str, Any], *, rules_run: tuple[str, ...] | None = None,
           overridden=()) -> list[str]:
     """Every problem of the flattened config `flat`, one line each (empty: valid)."""
@@ -230,7 +251,7 @@ def check(flat: dict[str, Any], *, rules_run: tuple[str, ...] | None = None,
         if rule not in FAMILY_RULES[family]:
             problems.append(f"rule={rule!r} is unknown for {FAMILY_NAMES[family]}: must be one "
                             f"of {', '.join(FAMILY_RULES[family])}.")
-    view = View(family, rules_run, flat.get("data.source"), flat.get("dataset"), flat)
+    view = _view(flat, rules_run)
     for key, spec in schema.items():
         if key not in flat:
             continue
@@ -254,8 +275,7 @@ def unread(flat: dict[str, Any]) -> dict[str, str]:
     if flat.get("model.name") not in FAMILIES or "rule" not in flat:
         return {}
     schema = {**COMMON, **FAMILIES[flat["model.name"]]}
-    view = View(flat["model.name"], (flat["rule"],), flat.get("data.source"),
-                flat.get("dataset"), flat)
+    view = _view(flat, (flat["rule"],))
     reasons = {key: spec.reads(view) for key, spec in schema.items() if spec.reads is not None}
     return {key: reason for key, reason in reasons.items() if reason}
 

@@ -192,7 +192,8 @@ def conv_mirror(key: jax.Array, kernel: jax.Array, samples: float,
     """The weight-mirror estimate of one conv kernel from `samples` noise patches per
     fan-in unit (see `weight_mirror`), at the conv's input shape (H, W, C_in), stride and
     padding. The noise is drawn `chunk_elements` at a time, so the largest layers need no
-    more memory than the smallest. Taps that never overlap the input (small maps) are 0. Cost: about 2 * samples * fan_in^2 * C_out flops."""
+    more memory than the smallest. Taps that never overlap the input (small maps) are 0.
+    Cost: about 2 * samples * fan_in^2 * C_out flops."""
     forward = functools.partial(conv.conv, strides=strides, padding=padding)
     out_shape = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *in_shape), kernel.dtype),
                                kernel).shape

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from rec_lra_jax import models
+from rec_lra_jax import config_schema, models
 
 
 def tiny_mlp(features=(7, 6, 5, 4), *, input_dim=9, batch=6, seed=0, residual_gap=0,
@@ -35,11 +35,7 @@ def smoke_config(module=None, **overrides):
     config = module.get_config("smoke")
     with config.unlocked():
         for key, value in overrides.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+            config_schema.set_key(config, key, value)
     return config
 
 
