@@ -381,7 +381,6 @@ def test_conv_mirror_on_maps_smaller_than_the_kernel(in_hw, strides):
     assert error < 2 / 400.0**0.5
     # Unseen taps never act: the conv with the estimate matches the conv with the kernel.
     x = jax.random.normal(jax.random.key(2), (2, in_hw, in_hw, 4))
-    from rec_lra_jax import conv  # noqa: PLC0415
     exact = conv.conv(x, kernel, strides=strides, padding=1)
     masked = conv.conv(x, jnp.where(seen[:, :, None, None], kernel, 0.0), strides=strides,
                        padding=1)
