@@ -44,7 +44,7 @@ def cosines(config, workdir: str, betas: list[float], examples: int) -> dict[str
     data = builder.create_data(config)
     kwargs = dict(input_shape=data.image_shape, num_classes=data.num_classes,
                   total_steps=1, donate=False)
-    setup = builder.create_setup(config, **kwargs)
+    setup = builder.create_setup(config, state_template=True, **kwargs)  # restored below
     backprop = builder.create_setup(config, rule="bp", **kwargs)
     ckpt = checkpoints.Checkpoints(workdir)
     restored = ckpt.restore_latest(setup.state)

@@ -189,13 +189,20 @@ class Setup(NamedTuple):
 
 def create_setup(config: ml_collections.ConfigDict, *, input_shape, num_classes: int,
                  total_steps: int, rule: str | None = None, normalization: str = "unit",
-                 sharding=None, donate: bool = True) -> Setup:
-    """Model, rule, optimizer, initial state and jitted steps for `rule` (default config.rule)."""
+                 sharding=None, donate: bool = True, state_template: bool = False) -> Setup:
+    """Model, rule, optimizer, initial state and jitted steps for `rule` (default config.rule).
+
+    `state_template=True` when `Setup.state` will only be a template (the restore target
+    of a checkpoint): its error synapses then skip the weight mirror (`lra.weight_mirror`),
+    which sets nothing but their starting values and can take minutes at ImageNet scale.
+    Shapes, dtypes and the train step are the same either way.
+    """
     model = create_model(config, num_classes, rule)
     update_rule = create_rule(config, rule)
     tx = create_optimizer(config, total_steps=total_steps, rule=rule, update_rule=update_rule)
     key = jax.random.key(config.seed)
-    state = create_train_state(key, model, update_rule, tx, (1, *input_shape))
+    state = create_train_state(key, model, _start_rule(config, rule, update_rule,
+                                                       state_template), tx, (1, *input_shape))
     step_kwargs = dict(model=model, rule=update_rule, tx=tx, key=jax.random.fold_in(key, 2),
                        noise_std=config.input_noise, num_classes=num_classes,
                        sharding=sharding, augment=config.augment, normalization=normalization)
@@ -204,6 +211,19 @@ def create_setup(config: ml_collections.ConfigDict, *, input_shape, num_classes:
     eval_fn = jax.jit(functools.partial(steps.eval_step, model=model,
                                         normalization=normalization))
     return Setup(model, update_rule, tx, state, step_kwargs, train_fn, eval_fn)
+
+
+def _start_rule(config, rule, update_rule, state_template: bool) -> rules.Rule:
+    """The rule whose `init_feedback` builds the initial state: `update_rule`, or for a mere
+    template the same rule without the weight mirror (no other option touches the init)."""
+    if not state_template or not config.lra.get("weight_mirror", 0.0):
+        return update_rule
+    if not rules.RULES[rule or config.rule].local:
+        return update_rule
+    plain = config.copy_and_resolve_references()
+    with plain.unlocked():
+        plain.lra.weight_mirror = 0.0
+    return create_rule(plain, rule)
 
 
 def describe_model(config: ml_collections.ConfigDict, input_shape, num_classes: int) -> str:
@@ -232,11 +252,15 @@ def certify_config(config: ml_collections.ConfigDict, *, batch_size: int = 2,
     if input_shape is None and info.streaming and config.data.image_size:
         shape = (config.data.image_size, config.data.image_size, shape[-1])
     setup = create_setup(config, input_shape=shape, num_classes=num_classes or info.num_classes,
-                         total_steps=100, normalization=info.normalization, donate=False)
+                         total_steps=100, normalization=info.normalization, donate=False,
+                         state_template=True)
     update_rule = rule or setup.rule
     tx = setup.tx if rule is None else create_optimizer(config, total_steps=100,
                                                         update_rule=rule)
-    state = create_train_state(jax.random.key(0), setup.model, update_rule, tx, (1, *shape))
+    # The certificate reads the step's computation, not the synapses' values: a state
+    # without the weight mirror (same shapes) serves for config's own rule.
+    state = setup.state if rule is None else create_train_state(
+        jax.random.key(0), setup.model, update_rule, tx, (1, *shape))
     images = jnp.zeros((batch_size, *shape))
     labels = jnp.zeros((batch_size,), jnp.int32)
 
