@@ -31,9 +31,9 @@ def get_config(arg: str | None = None, depth: int = 18) -> ml_collections.Config
     config.dataset = "imagenet2012"
     config.model.depth = depth
     config.model.stem = "imagenet"
-    # The CIFAR-10 wiring (see its config for each choice). The weight mirror runs once per
-    # start (resumes included): ~2 * 100 * fan_in^2 * C_out flops per conv, 533 s for
-    # ResNet-18 at 224x224 on a 2-core CPU (BENCHMARKS.md); an accelerator takes the convs.
+    # The CIFAR-10 wiring (see its config for each choice). The weight mirror runs at a
+    # fresh start (a resume restores the synapses): ~2 * 100 * fan_in^2 * C_out flops per
+    # conv, 533 s for ResNet-18 at 224x224 on a 2-core CPU (BENCHMARKS.md).
     config.lra.skip_source = "mirror"
     config.lra.rescale = True
     config.lra.feedback_scale = 0.1
