@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -29,7 +30,7 @@ def _run(module, config, workdir, *flags):
     ("experiments.imagenet", "configs/resnet50.py:smoke"),
 ])
 def test_smoke_entry_points(tmp_path, module, config):
-    proc = _run(module, config, tmp_path)
+    first = proc = _run(module, config, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
@@ -48,10 +49,30 @@ def test_smoke_entry_points(tmp_path, module, config):
         # delta lies along backprop's gradient.
         kernels = [v[1] for name, v in cos.items() if name.endswith("['kernel']")]
         assert cos["['head']['kernel']"][1] > 0.99 and min(kernels) > 0.9, cos
+        assert "Weight mirror" not in proc.stderr  # it restores the synapses
         missing = tmp_path / "no_run"
         proc = _run("experiments.alignment", config, missing)
         assert proc.returncode == 1 and "holds no checkpoint" in proc.stderr
         assert not missing.exists()  # nothing created
+        # The run as if killed after its first checkpoint: the resume restores the
+        # synapses, so it skips the weight mirror (minutes at ImageNet scale), and it ends
+        # exactly where the uninterrupted run did.
+        assert "Weight mirror: done" in first.stderr
+        kept = sorted((d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()), key=int)
+        assert len(kept) == 2, kept
+        shutil.rmtree(tmp_path / "checkpoints" / kept[1])
+        for best in os.listdir(tmp_path / "best"):
+            if best.isdigit() and int(best) > int(kept[0]):
+                shutil.rmtree(tmp_path / "best" / best)
+        os.remove(tmp_path / "results.json")
+        proc = _run(module, config, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Weight mirror" not in proc.stderr
+        with open(tmp_path / "results.json") as f:
+            resumed = json.load(f)
+        assert resumed["resumed_from_step"] == int(kept[0])
+        for key in ("test_accuracy", "test_loss", "best_val_accuracy", "steps"):
+            assert resumed[key] == results[key], key
 
 
 def test_imagenet_without_data_explains_how_to_prepare(tmp_path):

@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -229,39 +228,6 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, kind):
         for key in a:
             if key != "train_seconds":
                 assert b[key] == pytest.approx(a[key], rel=1e-5), (key, a, b)
-
-
-def test_resume_skips_the_weight_mirror_and_matches_the_uninterrupted_run(tmp_path,
-                                                                         monkeypatch):
-    """The weight mirror only sets the synapses' start, which a checkpoint replaces: a
-    resume builds its restore target without it (minutes at ImageNet scale) and still ends
-    exactly where the uninterrupted run does."""
-    from rec_lra_jax import local  # noqa: PLC0415
-
-    config = smoke_config(fmnist_resnet18, num_epochs=1, **{
-        "lra.skip_source": "mirror", "lra.rescale": True, "lra.weight_mirror": 4.0})
-    calls = []
-    mirror = local.weight_mirror
-    monkeypatch.setattr(local, "weight_mirror", lambda *a, **k: calls.append(1) or mirror(*a, **k))
-    ref = train.train_and_evaluate(config, str(tmp_path / "ref"))
-    assert calls, "the fresh run should start its synapses with the weight mirror"
-    # The same run as if killed after its step-10 checkpoint: drop what came later.
-    killed = tmp_path / "ref"
-    assert sorted(_finalized_checkpoints(killed), key=int) == ["10", "16"]
-    shutil.rmtree(killed / "checkpoints" / "16")
-    for best in glob.glob(str(killed / "best" / "[0-9]*")):
-        if int(os.path.basename(best)) > 10:
-            shutil.rmtree(best)
-    os.remove(killed / "results.json")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a resume ran the weight mirror")
-
-    monkeypatch.setattr(local, "weight_mirror", refuse)
-    got = train.train_and_evaluate(config, str(killed))
-    assert got["resumed_from_step"] == 10
-    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "steps"):
-        assert got[key] == ref[key], key
 
 
 def test_corrupt_checkpoint_fails_clearly_and_keeps_files(tmp_path):
