@@ -167,10 +167,10 @@ def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
     mirrored = {name: layer for name, s in graph.synapses.items()
                 if (layer := mirrored_layer(graph, s)) is not None}
     if not mirrored:
-        raise ValueError("weight_mirror needs synapses that mirror a forward layer (a "
-                         "residual net's); this graph has none.")
+        raise ValueError("weight_mirror needs synapses that mirror a forward layer (conv "
+                         "or pool synapses); this graph has none.")
     logging.info("Weight mirror: estimating %d synapses from their layers' response to "
-                 "noise (%g samples per fan-in unit; minutes for a 224x224 ResNet on a CPU).",
+                 "noise (%g samples per fan-in unit; minutes for large inputs on a CPU).",
                  len(mirrored), samples)
     start = time.perf_counter()
     for name, layer in mirrored.items():
