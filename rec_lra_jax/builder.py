@@ -218,8 +218,6 @@ def _start_rule(config, rule, update_rule, state_template: bool) -> rules.Rule:
     template the same rule without the weight mirror (no other option touches the init)."""
     if not state_template or not config.lra.get("weight_mirror", 0.0):
         return update_rule
-    if not rules.RULES[rule or config.rule].local:
-        return update_rule
     plain = config.copy_and_resolve_references()
     with plain.unlocked():
         plain.lra.weight_mirror = 0.0

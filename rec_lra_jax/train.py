@@ -61,14 +61,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
                           f"training examples of {plan.dataset}.")
     total_steps = steps_per_epoch * plan.num_epochs
     sharding = steps.data_mesh_sharding(plan.batch_size)
-    def setup_for(state_template: bool) -> builder.Setup:
-        return builder.create_setup(config, input_shape=data.image_shape,
-                                    num_classes=data.num_classes, total_steps=total_steps,
-                                    normalization=data.normalization, sharding=sharding,
-                                    state_template=state_template)
-
-    # A resume restores the state, so its template skips the start-only weight mirror.
-    setup = setup_for(has_checkpoint)
+    # A resume restores the state, so its template skips the start-only weight mirror. (A
+    # step directory is one orbax restores or refuses with CheckpointError: never None.)
+    setup = builder.create_setup(config, input_shape=data.image_shape,
+                                 num_classes=data.num_classes, total_steps=total_steps,
+                                 normalization=data.normalization, sharding=sharding,
+                                 state_template=has_checkpoint)
     every = max(1, round(plan.checkpoint_every_epochs * steps_per_epoch))
     resolved = {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                 "checkpoint_every_steps": every, "num_classes": data.num_classes,
@@ -77,7 +75,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
                 "test_examples": len(data.test), "devices": jax.device_count(),
                 "processes": jax.process_count(), "jax": jax.__version__}
     run = _Run(plan, data, setup, workdir, every, total_steps, steps_per_epoch, sharding,
-               (lambda: setup_for(False).state) if has_checkpoint else None,
                builder.learning_rate(config, total_steps),
                builder.create_cosine_fn(config, setup, data.num_classes, data.normalization)
                if plan.cosine else None,
@@ -94,9 +91,8 @@ class _Run:
     """One run's loop state; `train()` runs it to the end."""
 
     def __init__(self, plan, data, setup, workdir, every, total_steps, steps_per_epoch,
-                 sharding, fresh_state, lr_schedule, cosine_fn, config_changes):
+                 sharding, lr_schedule, cosine_fn, config_changes):
         self.plan, self.data, self.setup, self.workdir = plan, data, setup, workdir
-        self.fresh_state = fresh_state  # set when setup.state is a template (see train)
         self.every, self.total, self.per_epoch = every, total_steps, steps_per_epoch
         self.lr, self.cosine_fn, self.sharding = lr_schedule, cosine_fn, sharding
         self.config_changes = config_changes  # from the workdir's config.json, if allowed
@@ -128,8 +124,6 @@ class _Run:
                     f"{'; '.join(self.config_changes)}.") from None
             if restored is not None:
                 state, meta = restored
-            elif self.fresh_state is not None:  # a checkpoint folder orbax finds empty
-                state = jax.device_put(self.fresh_state(), self.replicated)
             start = int(state.step)
             if jax.process_index() == 0:  # only now: a refused restore leaves it as it was
                 rundir.write_config(self.workdir, plan.config, resolved)
