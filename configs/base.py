@@ -71,7 +71,8 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.max_consecutive_skips = 10  # skip only: consecutive non-finite steps before stopping
 
     config.diagnostics = ml_collections.ConfigDict()
-    config.diagnostics.cosine = False  # per-layer cos(rule delta, backprop gradient) per epoch
+    # Per epoch and layer: cos(rule delta, backprop gradient) and ||delta|| / ||gradient||.
+    config.diagnostics.cosine = False
     config.diagnostics.test_curve = False  # test accuracy every epoch (curves; never selection)
 
     if family == "mlp":

@@ -8,7 +8,8 @@ rule, as `experiments.compare` writes them). Writes into DIR/plots/:
   the runs logged it, `--config.diagnostics.test_curve=True`; the final test accuracy is
   marked either way) and the training loss;
 - cosine.png: per-layer cosine between each rule's weight deltas and the backprop gradient
-  over training, for runs with `--config.diagnostics.cosine=True`;
+  over training, and below it the ratio of their norms (where the runs logged it), for
+  runs with `--config.diagnostics.cosine=True`;
 - time.png: training seconds per epoch of each rule (from results.json).
 `experiments.compare` and `make demo` call it at the end.
 """
@@ -85,16 +86,18 @@ def plot(workdir: str) -> list[str]:
     cosine = {n: recs for n, recs in records.items()
               if any(k.startswith("cosine/") for r in recs for k in r)}
     if cosine:
-        fig, axes = plt.subplots(1, len(cosine), figsize=(5 * len(cosine), 4), squeeze=False)
-        for ax, (name, recs) in zip(axes[0], cosine.items(), strict=True):
-            layers = sorted({k for r in recs for k in r if k.startswith("cosine/")})
-            for j, key in enumerate(layers):
-                points = [(r["epoch"], r[key]) for r in recs if key in r]
-                ax.plot(*zip(*points, strict=True), color=f"C{j % 10}",
-                        label=key.removeprefix("cosine/"))
-            ax.set(xlabel="epoch", ylabel="cosine to the backprop gradient", title=name,
-                   ylim=(-1.05, 1.05))
-            ax.legend(fontsize=6, ncol=2)
+        ratios = any(k.startswith("norm_ratio/") for recs in cosine.values()
+                     for r in recs for k in r)
+        fig, axes = plt.subplots(1 + ratios, len(cosine), figsize=(5 * len(cosine),
+                                 4 * (1 + ratios)), squeeze=False)
+        for col, (name, recs) in enumerate(cosine.items()):
+            _layer_curves(axes[0][col], recs, "cosine/")
+            axes[0][col].set(xlabel="epoch", ylabel="cosine to the backprop gradient",
+                             title=name, ylim=(-1.05, 1.05))
+            if ratios:
+                _layer_curves(axes[1][col], recs, "norm_ratio/")
+                axes[1][col].set(xlabel="epoch", ylabel="||delta|| / ||backprop gradient||",
+                                 title=name, yscale="log")
         written.append(_save(fig, out_dir, "cosine.png"))
 
     if results:
@@ -105,6 +108,16 @@ def plot(workdir: str) -> list[str]:
         ax.set(ylabel="training seconds per epoch", title="time per epoch")
         written.append(_save(fig, out_dir, "time.png"))
     return written
+
+
+def _layer_curves(ax, records: list[dict], prefix: str) -> None:
+    """One line per layer of the `prefix` keys (epoch on x), legend in the corner."""
+    layers = sorted({k for r in records for k in r if k.startswith(prefix)})
+    for j, key in enumerate(layers):
+        points = [(r["epoch"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*points, strict=True), color=f"C{j % 10}", label=key.removeprefix(prefix))
+    if layers:
+        ax.legend(fontsize=6, ncol=2)
 
 
 def _save(fig, out_dir: str, name: str) -> str:

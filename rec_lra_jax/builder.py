@@ -300,7 +300,7 @@ def create_plan(config: ml_collections.ConfigDict) -> Plan:
 
 def create_cosine_fn(config: ml_collections.ConfigDict, setup: Setup, num_classes: int,
                      normalization: str = "unit"):
-    """Jitted per-layer cosine between the rule's kernel deltas and the backprop gradient."""
+    """Jitted per-layer cosine and norm ratio of the rule's kernel deltas to backprop's gradient."""
     return diagnostics.make_cosine_fn(
         setup.model, setup.rule, create_model(config, num_classes, "bp"),
         create_rule(config, "bp"), num_classes=num_classes, normalization=normalization)

@@ -28,18 +28,23 @@ def _leaf(layer: dict, leaf: str) -> jax.Array:
 
 
 def layer_norm_ratios(deltas: dict, grads: dict, leaf: str = "kernel") -> dict[str, jax.Array]:
-    """{layer: ||delta_l|| / ||grad_l||}; for LRA-E at small beta this is ~beta^(L-l)."""
-    return {
-        name: jnp.linalg.norm(deltas[name][leaf]) / jnp.linalg.norm(grads[name][leaf])
-        for name in sorted(grads)
-    }
+    """{layer: ||delta_l|| / ||grad_l||} for the `leaf` tensor of every layer in `grads`.
+
+    For LRA-E at small beta this is ~beta^(L-l). With aligned directions (cosine near 1)
+    it says whether a layer's delta also has backprop's size: a ratio that drifts over
+    training changes that layer's effective step, even under an adaptive optimizer.
+    """
+    return {name: jnp.linalg.norm(_leaf(deltas[name], leaf))
+            / (jnp.linalg.norm(_leaf(grads[name], leaf)) + 1e-30)
+            for name in sorted(grads)}
 
 
 def make_cosine_fn(model, rule, bp_model, bp_rule, *, num_classes: int,
                    normalization: str = "unit"):
-    """jit(params, feedback, batch_stats, images, labels) -> {layer: cos(delta, grad)}.
+    """jit(params, feedback, batch_stats, images, labels) -> per-layer alignment.
 
-    The rule's kernel deltas against backprop's gradient on the same batch, same model.
+    The rule's kernel deltas against backprop's gradient on the same batch, same model:
+    {"cosine/<layer>": cos(delta, grad), "norm_ratio/<layer>": ||delta|| / ||grad||}.
     """
     @jax.jit
     def fn(params, feedback, batch_stats, images, labels):
@@ -47,6 +52,9 @@ def make_cosine_fn(model, rule, bp_model, bp_rule, *, num_classes: int,
         onehot = jax.nn.one_hot(labels, num_classes)
         deltas = steps.rule_deltas(model, rule, params, feedback, batch_stats, images, onehot)
         grads = steps.rule_deltas(bp_model, bp_rule, params, {}, batch_stats, images, onehot)
-        return layer_cosines(deltas["params"], grads["params"])
+        cosines = layer_cosines(deltas["params"], grads["params"])
+        ratios = layer_norm_ratios(deltas["params"], grads["params"])
+        return {**{f"cosine/{k}": v for k, v in cosines.items()},
+                **{f"norm_ratio/{k}": v for k, v in ratios.items()}}
 
     return fn

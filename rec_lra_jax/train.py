@@ -205,8 +205,9 @@ class _Run:
             record.update({"test_loss": test["loss"], "test_accuracy": test["accuracy"]})
         if self.cosine_fn is not None:
             images, labels = next(iter(self.data.val.eval_batches(plan.batch_size)))
-            cos = self.cosine_fn(state.params, state.feedback, state.batch_stats, images, labels)
-            record.update({f"cosine/{k}": float(v) for k, v in cos.items()})
+            alignment = self.cosine_fn(state.params, state.feedback, state.batch_stats,
+                                       images, labels)
+            record.update({k: float(v) for k, v in alignment.items()})
         if val["accuracy"] > meta["best_val_accuracy"] or meta["best_step"] == 0:
             meta.update(best_val_accuracy=val["accuracy"], best_step=step)
             ckpt.save(step, state, meta, best=True)

@@ -80,6 +80,8 @@ def test_results_and_metrics_files(tmp_path):
     assert [r["epoch"] for r in lines] == [1, 2]
     assert {"cosine/layer_00", "cosine/layer_03", "lr", "val_top5"} <= set(lines[-1])
     assert lines[-1]["cosine/layer_03"] > 0.99  # the output layer's delta is its gradient
+    assert lines[-1]["norm_ratio/layer_03"] == pytest.approx(1.0, rel=1e-3)  # ... its size too
+    assert lines[-1]["norm_ratio/layer_00"] > 0
     best = max(lines, key=lambda r: r["val_accuracy"])
     assert on_disk["best_step"] == best["step"]
     assert on_disk["best_val_accuracy"] == best["val_accuracy"]
