@@ -48,11 +48,15 @@ def test_toy_convergence(tmp_path, rule):
     ("resnet_bp", fmnist_resnet18, "bp", 1)])
 def test_loop_reproduces_the_first_release(tmp_path, name, module, rule, epochs):
     """The single loop equals the first release's loop on the same configs (frozen)."""
-    # Sharding over 8 fake devices changes reduction orders, so each count has its outputs;
-    # other XLA versions fuse and reduce in other orders (about 1e-6 apart after 16 steps).
+    # Sharding over 8 fake devices changes reduction orders, so each count has its outputs.
+    # Other XLA versions fuse and reduce in other orders, and other CPUs (vector width,
+    # matmul kernels) round otherwise: after 16 ResNet steps the test loss moves by up to
+    # 3e-5 of itself (jax 0.10.2 on an AVX-512 Xeon), hence 1e-4. The deltas themselves
+    # are checked to 1e-8 in float64 (tests/test_engine.py); here a 1% change of the
+    # learning rate moves resnet_bp's test loss by 3e-3 and its accuracies by 1-2%.
     fixtures = json.load(open(FROZEN))
     frozen = fixtures[str(jax.device_count())][name]
-    rel = 1e-6 if jax.__version__ == fixtures["jax"] else 1e-4
+    rel = 1e-4
     # The first release's MLP synapses were N(0, 1) ("lra_e"); "he" is the default now.
     pins = {"lra.feedback_init": "lra_e"} if name == "mlp_rec_lra" else {}
     results = train.train_and_evaluate(
