@@ -95,9 +95,11 @@ def plot(workdir: str) -> list[str]:
             axes[0][col].set(xlabel="epoch", ylabel="cosine to the backprop gradient",
                              title=name, ylim=(-1.05, 1.05))
             if ratios:
-                _layer_curves(axes[1][col], recs, "norm_ratio/")
+                values = _layer_curves(axes[1][col], recs, "norm_ratio/")
+                positive = [v for v in values if v > 0]
+                wide = bool(positive) and max(positive) > 10 * min(positive)
                 axes[1][col].set(xlabel="epoch", ylabel="||delta|| / ||backprop gradient||",
-                                 title=name, yscale="log")
+                                 title=name, yscale="log" if wide else "linear")
         written.append(_save(fig, out_dir, "cosine.png"))
 
     if results:
@@ -110,14 +112,17 @@ def plot(workdir: str) -> list[str]:
     return written
 
 
-def _layer_curves(ax, records: list[dict], prefix: str) -> None:
-    """One line per layer of the `prefix` keys (epoch on x), legend in the corner."""
+def _layer_curves(ax, records: list[dict], prefix: str) -> list[float]:
+    """One line per layer of the `prefix` keys (epoch on x); returns the values drawn."""
     layers = sorted({k for r in records for k in r if k.startswith(prefix)})
+    values = []
     for j, key in enumerate(layers):
         points = [(r["epoch"], r[key]) for r in records if key in r]
         ax.plot(*zip(*points, strict=True), color=f"C{j % 10}", label=key.removeprefix(prefix))
+        values += [v for _, v in points]
     if layers:
         ax.legend(fontsize=6, ncol=2)
+    return values
 
 
 def _save(fig, out_dir: str, name: str) -> str:
