@@ -35,6 +35,12 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.lra = ml_collections.ConfigDict()  # the local rules' options (docs/algorithm)
     config.lra.beta = 0.1  # target nudge
     config.lra.gamma = 1.0  # error-synapse rate
+    # constant | linear | cosine: beta (gamma) from lra.beta (lra.gamma) at step 0 to
+    # lra.beta_final (lra.gamma_final) at the last step
+    config.lra.beta_schedule = "constant"
+    config.lra.beta_final = 0.01
+    config.lra.gamma_schedule = "constant"
+    config.lra.gamma_final = 0.1
     config.lra.depth = 2  # recursion depth (ResNets: 1, 2 or 3)
     config.lra.feedback_rule = "kp"  # kp | fixed | error_displacement
     config.lra.error_unit = "l2"  # l2 | mixed | cauchy

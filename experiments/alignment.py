@@ -23,14 +23,18 @@ from rec_lra_jax import builder, checkpoints, rules
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A finished or interrupted run of a local rule.")
-flags.DEFINE_list("betas", [], "Target nudges to compare (default: the config's lra.beta).")
+flags.DEFINE_list("betas", [], "Target nudges to compare (default: the run's beta at its "
+                  "checkpoint).")
 flags.DEFINE_integer("examples", 256, "Training examples in the batch.")
 config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=False)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def cosines(config, workdir: str, betas: list[float], examples: int) -> dict[str, list[float]]:
-    """{parameter path: [cos(delta at beta, backprop gradient) for beta in betas]}."""
+def cosines(config, workdir: str, betas: list[float], examples: int
+            ) -> tuple[list[float], dict[str, list[float]]]:
+    """The betas and {parameter path: [cos(delta at beta, backprop gradient) per beta]}.
+
+    No betas: the run's own beta at its checkpoint (a scheduled beta's value there)."""
     import jax  # noqa: PLC0415 - after flag parsing, like every entry point
     import jax.numpy as jnp  # noqa: PLC0415
 
@@ -57,7 +61,11 @@ def cosines(config, workdir: str, betas: list[float], examples: int) -> dict[str
     onehot = jax.nn.one_hot(jnp.asarray(labels), data.num_classes)
     grads = steps.rule_deltas(backprop.model, backprop.rule, state.params, {},
                               state.batch_stats, x, onehot)["params"]
+    if not betas:
+        hyperparams = getattr(state.opt_state[0], "hyperparams", {})
+        betas = [float(hyperparams.get("beta", config.lra.beta))]
     out: dict[str, list[float]] = {}
+    config.lra.beta_schedule = "constant"  # each beta as given, at every step
     for beta in betas:
         config.lra.beta = beta
         deltas = steps.rule_deltas(setup.model, builder.create_rule(config), state.params,
@@ -66,15 +74,15 @@ def cosines(config, workdir: str, betas: list[float], examples: int) -> dict[str
                                 jax.tree.leaves(grads), strict=True):
             cos = jnp.vdot(d, g) / (jnp.linalg.norm(d) * jnp.linalg.norm(g) + 1e-30)
             out.setdefault(jax.tree_util.keystr(path), []).append(float(cos))
-    return out
+    return betas, out
 
 
 def main(argv):
     del argv
     config = FLAGS.config
     builder.validate(config, overridden=shell.overridden())
-    betas = [float(b) for b in FLAGS.betas] or [config.lra.beta]
-    table = cosines(config, FLAGS.workdir, betas, FLAGS.examples)
+    betas, table = cosines(config, FLAGS.workdir, [float(b) for b in FLAGS.betas],
+                           FLAGS.examples)
     print("| parameter | " + " | ".join(f"cos, beta {b:g}" for b in betas) + " |")
     print("| --- |" + " --- |" * len(betas))
     for name, values in table.items():

@@ -90,6 +90,8 @@ CASES = [
          r"optim\.lr=-1\.0 is out of range: must be a finite number > 0"),
     Case("NaN learning rate", ["--config.optim.lr=nan"], r"optim\.lr=nan is out of range"),
     Case("negative beta", ["--config.lra.beta=-0.1"], r"lra\.beta=-0\.1 is out of range"),
+    Case("final beta without a beta schedule", ["--config.lra.beta_final=0.02"],
+         r"lra\.beta_final=0\.02 has no effect.*lra\.beta_schedule is 'linear' or 'cosine'"),
     Case("batch size 0", ["--config.batch_size=0"],
          r"batch_size=0 is out of range: must be an integer >= 1"),
     Case("negative epochs", ["--config.num_epochs=-1"], r"num_epochs=-1 is out of range"),

@@ -88,8 +88,13 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, rule: str 
                          init_scale=m.init_scale, backward=backward)
 
 
-def create_rule(config: ml_collections.ConfigDict, rule: str | None = None) -> rules.Rule:
-    """The update rule `rule` (default config.rule) with the options in config.lra."""
+def create_rule(config: ml_collections.ConfigDict, rule: str | None = None, *,
+                total_steps: int | None = None) -> rules.Rule:
+    """The update rule `rule` (default config.rule) with the options in config.lra.
+
+    `total_steps` is the horizon of a scheduled beta or gamma (`lra.beta_schedule`,
+    `lra.gamma_schedule`: `rules.scheduled`); without it the rule holds their start values
+    (what `create_model` and the initial synapses need)."""
     rule, lra, family = rule or config.rule, config.lra, config.model.name
     if rule not in rules_for(config):
         raise ConfigError(f"rule={rule!r} is unknown for {family} models; choose one "
@@ -102,7 +107,7 @@ def create_rule(config: ml_collections.ConfigDict, rule: str | None = None) -> r
         return rules.dfa(feedback_init=lra.baseline_feedback_init,
                          feedback_scale=lra.feedback_scale, activation=activation,
                          bn_error=lra.get("bn_error", "jacobian"))
-    options = dict(beta=lra.beta, gamma=lra.gamma, error_unit=lra.error_unit,
+    options = dict(error_unit=lra.error_unit,
                    alpha_skip=lra.alpha_skip, alpha_adjacent=lra.alpha_adjacent,
                    feedback_rule=lra.feedback_rule, feedback_init=lra.feedback_init,
                    feedback_scale=lra.feedback_scale, dx=lra.dx, activation=activation,
@@ -110,11 +115,20 @@ def create_rule(config: ml_collections.ConfigDict, rule: str | None = None) -> r
                    output_error_unit=None if lra.output_error_unit == "same"
                    else lra.output_error_unit)
     if rule == "lra_e":
-        return rules.lra_e(**options)
-    wiring = Wiring("recursive", module_size=lra.get("module_size", 2), depth=lra.depth,
-                    skip_source=lra.get("skip_source", "dense"),
-                    head_last=lra.get("head_last", True))
-    return rules.rec_lra(wiring=wiring, weight_mirror=lra.get("weight_mirror", 0.0), **options)
+        factory = rules.lra_e
+    else:
+        factory = rules.rec_lra
+        options.update(wiring=Wiring("recursive", module_size=lra.get("module_size", 2),
+                                     depth=lra.depth,
+                                     skip_source=lra.get("skip_source", "dense"),
+                                     head_last=lra.get("head_last", True)),
+                       weight_mirror=lra.get("weight_mirror", 0.0))
+    kinds = (lra.get("beta_schedule", "constant"), lra.get("gamma_schedule", "constant"))
+    if total_steps is None or kinds == ("constant", "constant"):
+        return factory(beta=lra.beta, gamma=lra.gamma, **options)
+    return rules.scheduled(
+        factory, beta=rules.schedule(kinds[0], lra.beta, lra.beta_final, total_steps),
+        gamma=rules.schedule(kinds[1], lra.gamma, lra.gamma_final, total_steps), **options)
 
 
 def feedback_is_learned(config: ml_collections.ConfigDict, rule: str | None = None) -> bool:
@@ -198,7 +212,7 @@ def create_setup(config: ml_collections.ConfigDict, *, input_shape, num_classes:
     Shapes, dtypes and the train step are the same either way.
     """
     model = create_model(config, num_classes, rule)
-    update_rule = create_rule(config, rule)
+    update_rule = create_rule(config, rule, total_steps=total_steps)
     tx = create_optimizer(config, total_steps=total_steps, rule=rule, update_rule=update_rule)
     key = jax.random.key(config.seed)
     state = create_train_state(key, model, _start_rule(config, rule, update_rule,

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from rec_lra_jax.rules import RULES
+from rec_lra_jax.rules import RULES, SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -94,6 +94,13 @@ def when(key: str, *values):
     return reads
 
 
+def all_of(*conditions):
+    """Read only when every condition holds: the first that fails says why."""
+    def reads(view: View) -> str | None:
+        return next((why for c in conditions if (why := c(view)) is not None), None)
+    return reads
+
+
 def streaming(flag: bool):
     def reads(view: View) -> str | None:
         if (view.dataset in STREAMING) == flag:
@@ -128,6 +135,12 @@ COMMON = {
     "data.synthetic_size": Key(integer(1), sources("synthetic")),
     "lra.beta": Key(number(0, strict=True), rules(*LOCAL)),
     "lra.gamma": Key(number(0), rules(*LOCAL)),
+    "lra.beta_schedule": Key(choice(*SCHEDULES), rules(*LOCAL)),
+    "lra.beta_final": Key(number(0, strict=True),
+                          all_of(rules(*LOCAL), when("lra.beta_schedule", "linear", "cosine"))),
+    "lra.gamma_schedule": Key(choice(*SCHEDULES), rules(*LOCAL)),
+    "lra.gamma_final": Key(number(0), all_of(rules(*LOCAL),
+                                             when("lra.gamma_schedule", "linear", "cosine"))),
     "lra.feedback_rule": Key(choice("kp", "fixed", "error_displacement"), rules(*LOCAL)),
     "lra.error_unit": Key(choice("l2", "mixed", "cauchy"), rules(*LOCAL)),
     "lra.alpha_skip": Key(number(0, hi=1), rules(*LOCAL)),

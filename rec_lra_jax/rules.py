@@ -128,8 +128,7 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
     weights update with their local deltas; synapses learn by Kolen-Pollack.
 
     Args:
-      beta: target nudge; gamma: synapse rate (both may be scheduled through
-        `optax.inject_hyperparams`).
+      beta: target nudge; gamma: synapse rate (both may be scheduled: `scheduled`).
       wiring: which error drives each unit (`rl.Wiring`).
       error_unit, alpha_skip, alpha_adjacent: error units eps ("l2", "mixed", "cauchy")
         and the mixed units' alpha at skip and adjacent endpoints (and the output).
@@ -166,6 +165,56 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
                       bn_error=bn_error, activation=activation,
                       output_error_unit=output_error_unit, rescale=rescale,
                       weight_mirror=weight_mirror)
+
+
+def scheduled(factory: Callable[..., Rule], *, beta: Any, gamma: Any = 1.0,
+              **options) -> Rule:
+    """`factory(beta=..., gamma=..., **options)` with beta and gamma given as schedules.
+
+    A schedule is a callable of the rule's own step count (an optax schedule) or a number;
+    the values live in the rule's state (`optax.inject_hyperparams`), so they change
+    without recompiling and resume with a checkpoint. Unlike a bare `inject_hyperparams`,
+    the result keeps the `Rule` attributes (`init_feedback`, `autodiff`, `backward`) of
+    the rule it schedules.
+
+    >>> import optax
+    >>> import rec_lra_jax as rl
+    >>> rule = rl.rules.scheduled(rl.rec_lra, beta=optax.linear_schedule(0.05, 0.01, 1000),
+    ...                           rescale=True)
+    >>> isinstance(rule, rl.Rule) and callable(rule.init_feedback)
+    True
+    """
+    def start(value):
+        return value(0) if callable(value) else value
+
+    plain = factory(beta=start(beta), gamma=start(gamma), **options)
+
+    def inner(beta, gamma):
+        return factory(beta=beta, gamma=gamma, **options)
+
+    tx = optax.inject_hyperparams(inner)(beta=beta, gamma=gamma)
+    return _rule(tx.init, tx.update, autodiff=plain.autodiff, backward=plain.backward,
+                 init_feedback=plain.init_feedback)
+
+
+def schedule(kind: str, start: float, final: float, total_steps: int):
+    """A hyperparameter's value by step: "constant" (start; returned as the number),
+    "linear" or "cosine" from start at step 0 to final at `total_steps` (held after)."""
+    _check(kind, SCHEDULES, "schedule")
+    if kind == "constant":
+        return start
+    horizon = max(int(total_steps), 1)
+
+    def value(count):
+        frac = jnp.minimum(jnp.asarray(count, jnp.float32) / horizon, 1.0)
+        if kind == "cosine":
+            frac = 0.5 * (1.0 - jnp.cos(jnp.pi * frac))
+        return start + (final - start) * frac
+
+    return value
+
+
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",

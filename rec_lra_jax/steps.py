@@ -94,13 +94,17 @@ def rule_inputs(model, rule: rules.Rule, params, feedback, batch_stats, images, 
     return {"params": params, "feedback": feedback}, signals, stats
 
 
-def rule_deltas(model, rule: rules.Rule, params, feedback, batch_stats, images, onehot):
-    """The rule's deltas on one batch, before any optimizer: {"params", "feedback"}."""
+def rule_deltas(model, rule: rules.Rule, params, feedback, batch_stats, images, onehot,
+                rule_state=None):
+    """The rule's deltas on one batch, before any optimizer: {"params", "feedback"}.
+
+    `rule_state`: the rule's optax state in training (the first entry of the train
+    state's opt_state), which holds a scheduled beta's step; None: a fresh state."""
     incoming, signals, _ = rule_inputs(model, rule, params, feedback, batch_stats, images,
                                        onehot)
     trainables = {"params": params, "feedback": feedback}
-    deltas, _ = rule.update(incoming, rule.init(trainables), trainables, signals=signals,
-                            labels=onehot)
+    state = rule.init(trainables) if rule_state is None else rule_state
+    deltas, _ = rule.update(incoming, state, trainables, signals=signals, labels=onehot)
     return deltas
 
 

@@ -206,7 +206,7 @@ class _Run:
         if self.cosine_fn is not None:
             images, labels = next(iter(self.data.val.eval_batches(plan.batch_size)))
             alignment = self.cosine_fn(state.params, state.feedback, state.batch_stats,
-                                       images, labels)
+                                       images, labels, state.opt_state[0])
             record.update({k: float(v) for k, v in alignment.items()})
         if val["accuracy"] > meta["best_val_accuracy"] or meta["best_step"] == 0:
             meta.update(best_val_accuracy=val["accuracy"], best_step=step)

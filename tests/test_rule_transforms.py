@@ -172,3 +172,45 @@ def test_unsupported_models_fail_when_the_rule_is_built():
         p = GeluParams.init(jax.random.key(0), jnp.ones((2, 7)))["params"]
         rl.rec_lra().init_feedback(jax.random.key(0), GeluParams.apply({"params": p},
                                                                        jnp.ones((2, 7))), p)
+
+
+@pytest.mark.parametrize("kind", rl.rules.SCHEDULES)
+def test_schedule_goes_from_start_to_final_and_holds(kind):
+    fn = rl.rules.schedule(kind, 0.2, 0.05, 10)
+    if kind == "constant":
+        assert fn == 0.2
+        return
+    values = [float(fn(k)) for k in (0, 5, 10, 20)]
+    assert values[0] == pytest.approx(0.2) and values[2:] == pytest.approx([0.05, 0.05])
+    assert values[1] == pytest.approx(0.125)  # halfway for both shapes
+    frac = {"linear": 0.2, "cosine": 0.5 * (1 - np.cos(0.2 * np.pi))}[kind]  # at step 2
+    assert float(fn(2)) == pytest.approx(0.2 - 0.15 * frac)
+    with pytest.raises(ValueError, match="Unknown schedule 'step'"):
+        rl.rules.schedule("step", 0.2, 0.05, 10)
+
+
+def test_scheduled_rule_keeps_the_rule_attributes_and_steps_its_beta_and_gamma():
+    model, kwargs, trainables, x, y = _problem("rec_lra")
+    beta, gamma = rl.rules.schedule("linear", 0.2, 0.05, 3), rl.rules.schedule("cosine", 1.0,
+                                                                               0.25, 3)
+    rule = rl.rules.scheduled(rl.rec_lra, beta=beta, gamma=gamma, activation="tanh")
+    assert isinstance(rule, rl.Rule) and not rule.autodiff and rule.backward == "exact"
+    assert jax.tree.map(jnp.shape, rule.init_feedback(jax.random.key(1), model.apply(
+        {"params": trainables["params"]}, x), trainables["params"])) == jax.tree.map(
+        jnp.shape, trainables["feedback"])
+    state = rule.init(trainables)
+    signals = model.apply({"params": trainables["params"]}, x)
+    update = jax.jit(lambda s: rule.update(trainables, s, trainables, signals=signals,
+                                           labels=y))
+    for k in range(5):  # update k uses the schedules at k, held after the horizon
+        got, state = update(state)
+        want = rl.rule_deltas(model, rl.rec_lra(beta=float(beta(k)), gamma=float(gamma(k)),
+                                                activation="tanh"),
+                              trainables["params"], trainables["feedback"], {}, x, y)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                     got, want)
+        if k == 0:
+            first = got
+    assert float(state.hyperparams["beta"]) == pytest.approx(0.05)
+    assert not np.allclose(first["params"]["layer_00"]["kernel"],
+                           got["params"]["layer_00"]["kernel"])

@@ -19,6 +19,7 @@ from rec_lra_jax import (
     folder,
     input_pipeline,
     metrics,
+    rules,
     rundir,
     sources,
     train,
@@ -305,3 +306,26 @@ def test_image_folder_streams_through_the_imagenet_loop(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (18, 6, 24)
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert results["data_source"] == f"folder:{root}" and results["steps"] == 3
+
+
+def test_scheduled_beta_trains_resumes_with_its_step_and_is_diagnosed_at_it(tmp_path):
+    config = smoke_config(**{"lra.beta_schedule": "linear", "lra.beta": 0.3,
+                             "lra.beta_final": 0.05, "lra.gamma_schedule": "cosine",
+                             "lra.gamma_final": 0.5, "diagnostics.cosine": True})
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(results["test_loss"]) and results["steps"] == 32
+    lines = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert all(np.isfinite(r["cosine/layer_00"]) for r in lines)
+    setup = builder.create_setup(config, input_shape=(28, 28, 1), num_classes=10,
+                                 total_steps=32, state_template=True)
+    ckpt = checkpoints.Checkpoints(str(tmp_path))
+    state = ckpt.restore_latest(setup.state)[0]
+    ckpt.close()
+    rule_state = state.opt_state[0]  # the schedules' step travels with the checkpoint
+    assert int(rule_state.count) == 32
+    # The values the last update (step 31 of 0..31) used, on the way to 0.05 and 0.5.
+    for name, kind, start, final in (("beta", "linear", 0.3, 0.05),
+                                     ("gamma", "cosine", 1.0, 0.5)):
+        want = float(rules.schedule(kind, start, final, 32)(31))
+        assert float(rule_state.hyperparams[name]) == pytest.approx(want, rel=1e-5)
+        assert abs(want - final) < 0.01

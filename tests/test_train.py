@@ -164,7 +164,7 @@ def _zero_rule():
 def test_trainer_aggregates_metrics_exactly(tmp_path, monkeypatch):
     """With a fake model the epoch records are known in closed form (scenic-style test)."""
     monkeypatch.setattr(builder, "create_model", lambda config, n, rule=None: _ZeroLogits((n,)))
-    monkeypatch.setattr(builder, "create_rule", lambda config, rule=None: _zero_rule())
+    monkeypatch.setattr(builder, "create_rule", lambda config, rule=None, **kw: _zero_rule())
     config = smoke_config(input_noise=0.0)
     train.train_and_evaluate(config, str(tmp_path))
     raw = input_pipeline.synthetic_arrays((28, 28, 1), 10, seed=0)
