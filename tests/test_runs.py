@@ -97,7 +97,9 @@ def test_a_key_added_since_a_run_matches_at_its_old_behaviour():
 
 # Another valid value for each key that some rule or option does not read.
 _OTHER = {
-    "lra.beta": (0.3, 0.2), "lra.gamma": (0.5, 2.0), "lra.feedback_rule": ("fixed", "kp"),
+    "lra.beta": (0.3, 0.2), "lra.beta_schedule": ("linear", "constant"),
+    "lra.beta_final": (0.02, 0.01), "lra.gamma_schedule": ("cosine", "constant"),
+    "lra.gamma_final": (0.2, 0.1), "lra.gamma": (0.5, 2.0), "lra.feedback_rule": ("fixed", "kp"),
     "lra.error_unit": ("cauchy", "l2"), "lra.alpha_skip": (0.5, 0.25),
     "lra.alpha_adjacent": (0.5, 0.25), "lra.output_error_unit": ("same", "l2"),
     "lra.feedback_init": ("lecun", "he"), "lra.feedback_scale": (0.5, 2.0),
