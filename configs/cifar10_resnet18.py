@@ -57,6 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # weight mirror; backprop 1e-3 .. 3e-2): 0.01 for rec-LRA and backprop alike.
     # At 15 epochs (width 8) backprop's validation picks 0.02 over 0.005 / 0.01; that
     # table passes it as a flag (BENCHMARKS.md, "Backprop's tuning budget").
+    # rec-LRA's own 15-epoch val keeps lr 0.01 over 0.005 / 0.02, and constant gamma over a
+    # cosine-decayed one (BENCHMARKS.md, "Gamma schedule and rec-LRA's learning rate").
     config.optim.lr = 0.01
     if arg == "smoke":
         config.data.source = "synthetic"
