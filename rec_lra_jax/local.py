@@ -172,26 +172,32 @@ def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
     logging.info("Weight mirror: estimating %d synapses from their layers' response to "
                  "noise (%g samples per fan-in unit; minutes for large inputs on a CPU).",
                  len(mirrored), samples)
-    start = time.perf_counter()
-    for name, layer in mirrored.items():
+    start = last_report = time.perf_counter()
+    for done, (name, layer) in enumerate(mirrored.items(), 1):
         synapse = graph.synapses[name]
         kernel = get(params[layer.name], layer.kernel)
         in_shape = tuple(get(signals, layer.input).shape[1:])
         noise_key = jax.random.fold_in(key, synapse.init_index)
         if synapse.kind == "pool":
             out[name] = dense_mirror(noise_key, kernel, samples)
-            continue
-        if synapse.geometry != layer.geometry:
-            raise ValueError(f"synapse {name!r} does not have the geometry of layer "
-                             f"{layer.name!r}, which it mirrors.")
-        strides, padding = layer.geometry
-        out[name] = conv_mirror(noise_key, kernel, samples, in_shape, strides, padding)
-    jax.block_until_ready(out)
+        else:
+            if synapse.geometry != layer.geometry:
+                raise ValueError(f"synapse {name!r} does not have the geometry of layer "
+                                 f"{layer.name!r}, which it mirrors.")
+            strides, padding = layer.geometry
+            out[name] = conv_mirror(noise_key, kernel, samples, in_shape, strides, padding)
+        jax.block_until_ready(out[name])  # progress counts finished work, not dispatched
+        now = time.perf_counter()
+        if now - last_report >= _MIRROR_REPORT_S and done < len(mirrored):
+            last_report = now
+            logging.info("Weight mirror: %d/%d synapses in %.0f s.", done, len(mirrored),
+                         now - start)
     logging.info("Weight mirror: done in %.1f s.", time.perf_counter() - start)
     return out
 
 
 _MIRROR_CHUNK = 1 << 24  # noise elements drawn at once (64 MiB in float32)
+_MIRROR_REPORT_S = 30.0  # a progress line at most this often (full-width nets on a CPU)
 
 
 def conv_mirror(key: jax.Array, kernel: jax.Array, samples: float,

@@ -349,6 +349,28 @@ def test_weight_mirror_needs_mirrored_synapses():
         rule.init_feedback(jax.random.key(1), signals, params)
 
 
+def test_weight_mirror_reports_progress(monkeypatch):
+    """Full-width nets take minutes on a CPU: the weight mirror logs how many synapses it
+    has finished (here after every one) before its final line, and the estimate is the
+    same with and without the reports."""
+    with jax.enable_x64(True):
+        model, variables, graph, _, x, _ = _mirror_oracle(18, "cifar")
+        params = variables["params"]
+        signals = model.apply(variables, x, train=False)
+        synapses = {name: jnp.zeros(s.shape, jnp.float64) for name, s in graph.synapses.items()}
+        quiet = local.weight_mirror(jax.random.key(1), graph, signals, params, synapses, 4.0)
+        lines = []
+        monkeypatch.setattr(local, "_MIRROR_REPORT_S", 0.0)
+        monkeypatch.setattr(local.logging, "info", lambda msg, *args: lines.append(msg % args))
+        reported = local.weight_mirror(jax.random.key(1), graph, signals, params, synapses,
+                                       4.0)
+    mirrored = sum(local.mirrored_layer(graph, s) is not None for s in graph.synapses.values())
+    progress = [line.split()[2] for line in lines if "synapses in" in line]
+    assert mirrored > 10 and progress == [f"{k}/{mirrored}" for k in range(1, mirrored)]
+    assert lines[-1].startswith("Weight mirror: done in")
+    jax.tree.map(np.testing.assert_array_equal, quiet, reported)
+
+
 @pytest.mark.parametrize("strides,chunk", [(1, 1 << 24), (2, 1 << 24), (1, 2048)])
 def test_conv_mirror_is_unbiased_in_one_chunk_or_many(strides, chunk):
     """The estimate's relative error is about 1 / sqrt(samples), with the padded borders
