@@ -1,9 +1,14 @@
-"""Small shared fixtures: a tiny MLP with a batch, and smoke configs with overrides."""
+"""Small shared fixtures: a tiny MLP with a batch, smoke configs with overrides, and a
+float64 ResNet whose mirror synapses are set to the kernels they mirror."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
-from rec_lra_jax import config_schema, models
+from rec_lra_jax import config_schema, models, resnet
+from rec_lra_jax import wiring as wiring_lib
+from rec_lra_jax.wiring import Wiring
 
 
 def tiny_mlp(features=(7, 6, 5, 4), *, input_dim=9, batch=6, seed=0, residual_gap=0,
@@ -58,10 +63,31 @@ def unit_errors(model, params, feedback, x, labels, *, wiring=None, activation="
                 **options):
     """A dense chain's unit errors (e_1, ..., e_L) from the sweep, in layer order."""
     from rec_lra_jax import sweep  # noqa: PLC0415
-    from rec_lra_jax import wiring as wiring_lib  # noqa: PLC0415
 
     signals = model.apply({"params": params}, x)
     graph = wiring_lib.build(wiring or wiring_lib.Wiring(), signals, params,
                              models.get_activation(activation))
     errors = sweep.run(graph, signals, labels, feedback, **options)
     return tuple(errors.units[name] for name in sorted(params)), errors
+
+
+@functools.cache
+def mirror_oracle(depth, stem):
+    """A ResNet in float64 and mirror synapses set to the forward weights they mirror
+    (cached: several tests read it, none changes it)."""
+    size = 32 if stem == "imagenet" else 16
+    model = resnet.resnet(depth, num_classes=10, width=4, stem=stem)
+    x = jax.random.normal(jax.random.key(2), (4, size, size, 3)).astype(jnp.float64)
+    labels = jax.nn.one_hot(jnp.arange(4) % 10, 10)
+    variables = model.init(jax.random.key(0), x, train=False)
+    variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)
+    params = variables["params"]
+    signals = model.apply(variables, x, train=False)
+    graph = wiring_lib.build(Wiring(skip_source="mirror"), signals, params, None)
+    oracle = {}
+    for name, synapse in graph.synapses.items():
+        if synapse.kind == "conv":
+            oracle[name] = params[synapse.source[1]]["conv"]["kernel"]
+        elif synapse.kind == "pool":
+            oracle[name] = params["head"]["kernel"].T
+    return model, variables, graph, oracle, x, labels
