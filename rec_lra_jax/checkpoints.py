@@ -39,7 +39,20 @@ class Checkpoints:
         return self.latest.latest_step()
 
     def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
-        """Saves `state` (a pytree of arrays) and `meta` (JSON) at `step`."""
+        """Saves `state` (a pytree of arrays) and `meta` (JSON) at `step`.
+
+        A best checkpoint at `step` or later is one the run wrote before it was stopped
+        and resumed from an earlier step (an epoch ends between two checkpoints): the
+        resumed run is passing that epoch again, so its new best replaces the old one.
+        """
+        if best:
+            stale = [s for s in self.best.all_steps() if s >= step]
+            if stale:
+                logging.info("Replacing the best checkpoint(s) at step(s) %s, written before "
+                             "this run resumed, with step %d.",
+                             ", ".join(map(str, stale)), step)
+            for s in stale:
+                self.best.delete(s)
         save(self.best if best else self.latest, step, state, meta)
 
     def restore_latest(self, template: Any) -> tuple[Any, dict] | None:

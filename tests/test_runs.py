@@ -66,6 +66,32 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert checkpoints.manager(str(tmp_path / "checkpoints")).all_steps() == [10]
 
 
+def test_resume_before_an_epochs_best_checkpoint_replaces_it(tmp_path, monkeypatch):
+    # Stopped after epoch 1's best checkpoint (step 16) but before the next regular one
+    # (step 20): the resume restarts at step 10, passes epoch 1's end again and must
+    # replace best/16 rather than fail on it, then end where an uninterrupted run ends.
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 20:
+            raise KeyboardInterrupt  # as if killed
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(smoke_config(), str(tmp_path / "stopped"))
+    monkeypatch.undo()
+    assert checkpoints.manager(str(tmp_path / "stopped/checkpoints")).all_steps() == [10]
+    assert checkpoints.manager(str(tmp_path / "stopped/best")).all_steps() == [16]
+    resumed = train.train_and_evaluate(smoke_config(), str(tmp_path / "stopped"))
+    whole = train.train_and_evaluate(smoke_config(), str(tmp_path / "whole"))
+    assert resumed["resumed_from_step"] == 10
+    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "best_step", "steps"):
+        assert resumed[key] == whole[key], key
+    assert (checkpoints.manager(str(tmp_path / "stopped/best")).all_steps()
+            == checkpoints.manager(str(tmp_path / "whole/best")).all_steps())
+
+
 def test_changed_config_is_refused_and_extension_allowed(tmp_path):
     first = train.train_and_evaluate(smoke_config(), str(tmp_path))
     with pytest.raises(rundir.ConfigChangedError, match=r"lra\.beta: 0\.1 -> 0\.2"):
