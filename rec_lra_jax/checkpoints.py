@@ -3,7 +3,9 @@
 `<workdir>/checkpoints` keeps the newest `keep` checkpoints; `<workdir>/best` keeps the one
 with the best validation accuracy, which rotation never removes. Failures reach the user as
 one `CheckpointError` line with the cause (a shape mismatch, a full disk), never as orbax's
-or TensorStore's tracebacks, and nothing already on disk is deleted.
+or TensorStore's tracebacks, and nothing already on disk is deleted (one exception: a
+resumed run replacing a best checkpoint of the epoch it is passing again deletes the old
+one just before it saves the new one; `Checkpoints.save`).
 """
 
 import errno

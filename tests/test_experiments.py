@@ -60,7 +60,9 @@ def test_smoke_entry_points(tmp_path, module, config):
         assert "Weight mirror: done" in first.stderr
         kept = sorted((d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()), key=int)
         assert len(kept) == 2, kept
-        shutil.rmtree(tmp_path / "checkpoints" / kept[1])  # best/ keeps its later step
+        shutil.rmtree(tmp_path / "checkpoints" / kept[1])
+        # best/ keeps a step after kept[0]: the resume passes it again and replaces it.
+        assert any(int(b) > int(kept[0]) for b in os.listdir(tmp_path / "best") if b.isdigit())
         os.remove(tmp_path / "results.json")
         proc = _run(module, config, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,6 +1,5 @@
 """rec-LRA and the baselines on ResNets: structure, a hand-written sweep, BN, FA layers."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
