@@ -14,7 +14,8 @@ import ml_collections
 def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.dataset = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | imagenet2012
-    # rec_lra | lra_e | dfa (local rules) | bp | fa | sign_symmetry (autodiff baselines)
+    # rec_lra | lra_e | kp | dfa (local rules; kp: backprop through Kolen-Pollack
+    # transposes, a baseline) | bp | fa | sign_symmetry (autodiff baselines)
     config.rule = "rec_lra"
     config.seed = 0
 
@@ -111,11 +112,27 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.lra.feedback_init = "he"  # synapse std = feedback_scale * sqrt(2 / fan_in)
         config.lra.baseline_feedback_init = "he"  # dfa feedback matrices
         config.lra.head_last = True  # the last block driven through the head
-        # 0: off; > 0: the synapses that mirror a layer (the convs in a block, with the
-        # "mirror" skip source every conv, and the head's pool synapse) start at a
+        # 0: off; > 0: the synapses that mirror a layer (the convs in a block or stage,
+        # every conv in rule kp's chain, and the head's pool synapse) start at a
         # weight-mirror estimate of it from noise (Akrout et al., NeurIPS 2019), this many
         # noise samples per fan-in unit (relative error ~ 1 / sqrt(weight_mirror))
         config.lra.weight_mirror = 0.0
+        # the recursion's module at depth 2: block (the paper's: block outputs from the
+        # output error, the convs inside a block from the conv above) | stage (stage
+        # outputs from the output error, the units inside a stage chained through
+        # synapses shaped like the layers above them; target hops 2 vs 5 on ResNet-18)
+        config.lra.module = "block"
+        # none (the paper's) | only | mixed: units driven from the output error read their
+        # own linear readout's error instead / as well (a block-local loss; a departure)
+        config.lra.local_loss = "none"
+        config.lra.local_loss_grid = 1  # the readout pools to grid x grid cells
+        config.lra.local_loss_hidden = 0  # 0: a linear readout; > 0: one ReLU hidden layer
+        # kp (the paper's) | regress: skip synapses from the output error regress their
+        # displacement onto what the layers above would carry (a teacher beside the sweep;
+        # a departure, docs/algorithm.md)
+        config.lra.skip_learning = "kp"
+        # regress only: each skip also reads the unit's activity z, d = e E + z (sum_k e_k F_k)
+        config.lra.skip_activity = False
         config.optim.lr = 3e-3
         config.optim.weight_decay = 0.05
         config.batch_size = 128

@@ -8,14 +8,15 @@ Data: tfds imagenet2012 prepared as array_record, or an image-folder tree
 Standard preprocessing on grain reader threads (random resized crop + flip; resize 256
 and center crop 224 for eval), 90 epochs, cosine schedule, top-1 and top-5. The last 10,000
 training images are the validation split (model selection); the test figures are on
-ImageNet's validation set. rec-LRA runs the wiring chosen on CIFAR-10
-(configs/cifar10_resnet18.py): every unit driven by the layers that read it through
-Kolen-Pollack mirror synapses shaped like their kernels (so their size does not grow with
-the resolution, unlike the dense e_L source's ~200M synapses here), errors rescaled by
-1 / beta, beta 0.05, synapses started by a weight mirror. Through this config's ImageNet stem
-(CIFAR-10 JPEG copy at 32x32, width 8, 10 epochs, 3 seeds) it matched backprop, where the
-first release's channel-factorised e_L synapses trailed by 15 points (BENCHMARKS.md,
-"ImageNet stem and wiring, CIFAR-10 proxy"). Not run on ImageNet here (no ImageNet on this
+ImageNet's validation set. rec-LRA runs the short-path wiring chosen on CIFAR-10
+(configs/cifar10_resnet18.py: 5 target hops, stage ends from their own linear readouts,
+whose size does not grow with the classes times the map, unlike dense e_L synapses'
+~200M here). `--config.rule=kp` runs the Kolen-Pollack chain (17 hops): synapses shaped
+like the kernels, errors rescaled by 1 / beta, beta 0.05, started by a weight mirror.
+Through this config's ImageNet stem (CIFAR-10 JPEG copy at 32x32, width 8, 10 epochs, 3
+seeds) kp matched backprop, where the first release's channel-factorised e_L synapses
+trailed by 15 points (BENCHMARKS.md, "ImageNet stem and wiring, CIFAR-10 proxy",
+measured as rec-LRA's "mirror" wiring). Not run on ImageNet here (no ImageNet on this
 machine).
 Arguments: `smoke` (synthetic records through the same grain pipeline, 32x32, width 4;
 seconds, used by CI).
@@ -31,10 +32,16 @@ def get_config(arg: str | None = None, depth: int = 18) -> ml_collections.Config
     config.dataset = "imagenet2012"
     config.model.depth = depth
     config.model.stem = "imagenet"
-    # The CIFAR-10 wiring (see its config for each choice). The weight mirror runs at a
-    # fresh start (a resume restores the synapses): ~2 * 100 * fan_in^2 * C_out flops per
-    # conv, 533 s for ResNet-18 at 224x224 on a 2-core CPU (BENCHMARKS.md).
-    config.lra.skip_source = "mirror"
+    # The CIFAR-10 config's rec-LRA wiring (see it for each choice; stages as modules,
+    # stage ends from their own readouts on a 4x4 grid, 2x2 on the 14x14 map); not run on
+    # ImageNet. The weight mirror runs at a fresh start (a resume
+    # restores the synapses): ~2 * 100 * fan_in^2 * C_out flops per conv, 533 s for
+    # ResNet-18 at 224x224 on a 2-core CPU (BENCHMARKS.md).
+    # ResNet-50's stages chain 9-18 units (3-6 bottlenecks of 3 convs): its modules are
+    # its blocks (3 target hops), each block end from its own readout.
+    config.lra.module = "stage" if depth == 18 else "block"
+    config.lra.local_loss = "only"
+    config.lra.local_loss_grid = 4
     config.lra.rescale = True
     config.lra.feedback_scale = 0.1
     config.lra.beta = 0.05

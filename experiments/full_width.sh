@@ -5,8 +5,11 @@
 #
 # Runs three streams side by side on the one GPU (each process takes at most a third of its
 # memory), most important first:
-#   A: CIFAR-10 (JPEG copy), full width, $CIFAR_EPOCHS epochs, rec-LRA, seed 0
+#   A: CIFAR-10 (JPEG copy), full width, $CIFAR_EPOCHS epochs, rec-LRA (the config's
+#      short-path wiring, issue 30), seed 0
 #   B: the same with backprop
+#   D: the same with kp, the Kolen-Pollack chain (issue 11's "mirror" wiring; not in the
+#      default STREAMS: STREAMS="A B D" for issue 30's three-way comparison)
 #   C: Fashion-MNIST, full width (configs/fmnist_resnet18.py:full), seeds $FMNIST_SEEDS,
 #      rec-LRA and backprop in turn
 # Each run trains in $RUNS/<dataset>/<rule>_s<seed> (resumable: a rerun continues) and
@@ -122,6 +125,8 @@ pids=()
   "$CIFAR_SEED" "${CIFAR_FLAGS[@]}" --config.diagnostics.cosine=True & pids+=($!); }
 [[ "$STREAMS" == *B* ]] && { run cifar10 cifar10 configs/cifar10_resnet18.py bp \
   "$CIFAR_SEED" "${CIFAR_FLAGS[@]}" & pids+=($!); }
+[[ "$STREAMS" == *D* ]] && { run cifar10 cifar10 configs/cifar10_resnet18.py kp \
+  "$CIFAR_SEED" "${CIFAR_FLAGS[@]}" --config.diagnostics.cosine=True & pids+=($!); }
 if [[ "$STREAMS" == *C* ]]; then
   ( for seed in $FMNIST_SEEDS; do
       for rule in rec_lra bp; do

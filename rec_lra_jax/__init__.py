@@ -4,7 +4,7 @@ Ororbia et al., "Backpropagation-free deep learning with recursive local represe
 alignment", AAAI 2023. The equations, the options and their defaults: docs/algorithm.md.
 
   models      MLP, ResNet (both return the signals local rules read), FeedbackDense
-  rules       rec_lra, lra_e, dfa, backprop, feedback_alignment, sign_symmetry: optax
+  rules       rec_lra, lra_e, kolen_pollack, dfa, backprop, feedback_alignment, sign_symmetry: optax
               transforms (`Rule`); RULES is the registry by config name
   wiring      Wiring (which error drives each unit) and the Graph a rule builds from it
   certify     the weight-transport certificate of a traced train step
@@ -20,6 +20,7 @@ from rec_lra_jax.rules import (
     backprop,
     dfa,
     feedback_alignment,
+    kolen_pollack,
     lra_e,
     rec_lra,
     sign_symmetry,
@@ -34,7 +35,8 @@ direct_feedback_alignment = dfa
 __all__ = [
     "MLP", "RULES", "Certificate", "FeedbackDense", "ResNet", "Rule", "TrainState", "Wiring",
     "backprop", "builder", "certify_step", "clip_by_tensor_norm", "dfa",
-    "direct_feedback_alignment", "feedback_alignment", "local", "lra_e", "rec_lra",
+    "direct_feedback_alignment", "feedback_alignment", "kolen_pollack", "local", "lra_e",
+    "rec_lra",
     "rule_deltas", "sign_symmetry", "sweep", "train_and_evaluate", "train_step", "wiring",
 ]
 __version__ = "0.2.0"

@@ -32,6 +32,7 @@ from rec_lra_jax import (
     steps,
     transforms,
 )
+from rec_lra_jax import wiring as wiring_lib
 from rec_lra_jax.config_schema import ConfigError
 from rec_lra_jax.wiring import Wiring
 
@@ -109,19 +110,21 @@ def create_rule(config: ml_collections.ConfigDict, rule: str | None = None, *,
                          bn_error=lra.get("bn_error", "jacobian"))
     options = dict(error_unit=lra.error_unit,
                    alpha_skip=lra.alpha_skip, alpha_adjacent=lra.alpha_adjacent,
-                   feedback_rule=lra.feedback_rule, feedback_init=lra.feedback_init,
+                   feedback_init=lra.feedback_init,
                    feedback_scale=lra.feedback_scale, dx=lra.dx, activation=activation,
-                   bn_error=lra.get("bn_error", "jacobian"), rescale=lra.rescale,
+                   bn_error=lra.get("bn_error", "jacobian"),
                    output_error_unit=None if lra.output_error_unit == "same"
                    else lra.output_error_unit)
-    if rule == "lra_e":
+    if rule == "kp":
+        factory = rules.kolen_pollack
+        options.update(weight_mirror=lra.get("weight_mirror", 0.0))
+    elif rule == "lra_e":
         factory = rules.lra_e
+        options.update(feedback_rule=lra.feedback_rule, rescale=lra.rescale)
     else:
         factory = rules.rec_lra
-        options.update(wiring=Wiring("recursive", module_size=lra.get("module_size", 2),
-                                     depth=lra.depth,
-                                     skip_source=lra.get("skip_source", "dense"),
-                                     head_last=lra.get("head_last", True)),
+        options.update(feedback_rule=lra.feedback_rule, rescale=lra.rescale,
+                       wiring=create_wiring(config, rule),
                        weight_mirror=lra.get("weight_mirror", 0.0))
     kinds = (lra.get("beta_schedule", "constant"), lra.get("gamma_schedule", "constant"))
     if total_steps is None or kinds == ("constant", "constant"):
@@ -129,6 +132,70 @@ def create_rule(config: ml_collections.ConfigDict, rule: str | None = None, *,
     return rules.scheduled(
         factory, beta=rules.schedule(kinds[0], lra.beta, lra.beta_final, total_steps),
         gamma=rules.schedule(kinds[1], lra.gamma, lra.gamma_final, total_steps), **options)
+
+
+def create_wiring(config: ml_collections.ConfigDict, rule: str | None = None) -> Wiring:
+    """The wiring whose sweep `rule` (default config.rule) runs: rec_lra's from config.lra;
+    LRA-E's adjacent chain; DFA's direct skips; the Kolen-Pollack chain for kp, which is
+    also backprop's path (so bp, fa and sign_symmetry report its hops)."""
+    rule, lra = rule or config.rule, config.lra
+    if rule == "rec_lra":
+        return Wiring("recursive", module_size=lra.get("module_size", 2), depth=lra.depth,
+                      skip_source=lra.get("skip_source", "dense"),
+                      head_last=lra.get("head_last", True), module=lra.get("module", "block"),
+                      local_loss=lra.get("local_loss", "none"),
+                      local_loss_grid=lra.get("local_loss_grid", 1),
+                      local_loss_hidden=lra.get("local_loss_hidden", 0),
+                      skip_learning=lra.get("skip_learning", "kp"),
+                      skip_activity=lra.get("skip_activity", False))
+    if rule == "lra_e":
+        return Wiring("adjacent")
+    if rule == "dfa":
+        return Wiring("direct", skip_source="dense", head_last=False)
+    return Wiring("transpose")
+
+
+def describe_wiring(config: ml_collections.ConfigDict, rule: str | None = None) -> str:
+    """A short name of the wiring `rule` runs, for results tables ("stage, dense skips
+    (regress), local loss only g2"; "Kolen-Pollack chain"; "backprop's path")."""
+    rule = rule or config.rule
+    w = create_wiring(config, rule)
+    if rule in ("bp", "fa", "sign_symmetry"):
+        return {"bp": "backprop's path", "fa": "backprop's path, fixed random B",
+                "sign_symmetry": "backprop's path, sign(W)"}[rule]
+    if w.sources != "recursive":
+        return {"transpose": "Kolen-Pollack chain", "adjacent": "adjacent (LRA-E)",
+                "direct": "direct (DFA)"}[w.sources]
+    if config.model.name == "mlp":
+        return f"modules of {w.module_size}, depth {w.depth}"
+    name = f"{w.module}s, depth {w.depth}"
+    if w.local_loss != "only":
+        name += f", {w.skip_source} skips ({w.skip_learning}{', activity' * w.skip_activity})"
+    if w.local_loss != "none":
+        name += f", local loss {w.local_loss} g{w.local_loss_grid}"
+        name += f" h{w.local_loss_hidden}" if w.local_loss_hidden else ""
+    return name
+
+
+def target_hops(config: ml_collections.ConfigDict, rule: str | None = None, *,
+                input_shape: tuple[int, ...] | None = None,
+                num_classes: int | None = None) -> int:
+    """The target hops of `rule` (default config.rule) on config's model: the critical path
+    of its sweep (docs/algorithm.md, "Target hops"). Autodiff rules report backprop's path,
+    the Kolen-Pollack chain's. Shapes only: nothing is computed or read from data."""
+    info = sources.DATASETS[config.dataset]
+    shape = input_shape or info.image_shape
+    if input_shape is None and info.streaming:
+        shape = (config.data.image_size or 224,) * 2 + shape[-1:]
+    model = create_model(config, num_classes or info.num_classes, "bp")
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    variables = jax.eval_shape(lambda a: model.init(jax.random.key(0), a, train=False), x)
+    signals = jax.eval_shape(lambda v, a: model.apply(v, a, train=False), variables, x)
+    activation = (models.get_activation(config.model.activation)
+                  if config.model.name == "mlp" else None)
+    graph = wiring_lib.build(create_wiring(config, rule), signals, variables["params"],
+                             activation)
+    return wiring_lib.critical_path(graph)
 
 
 def feedback_is_learned(config: ml_collections.ConfigDict, rule: str | None = None) -> bool:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from rec_lra_jax import wiring
 from rec_lra_jax.rules import RULES, SCHEDULES
 
 
@@ -115,7 +116,8 @@ class Key(NamedTuple):
     reads: Callable[[View], str | None] | None = None
 
 
-LOCAL = ("rec_lra", "lra_e")
+LOCAL = ("rec_lra", "lra_e", "kp")
+SKIP_RULES = ("rec_lra", "lra_e")  # kp's synapses always learn by Kolen-Pollack and rescale
 INITS = ("lra_e", "unit", "he", "lecun")
 ACTIVATIONS = ("tanh", "relu", "leaky_relu", "sigmoid", "gelu", "silu", "elu", "softplus",
                "identity")
@@ -141,7 +143,7 @@ COMMON = {
     "lra.gamma_schedule": Key(choice(*SCHEDULES), rules(*LOCAL)),
     "lra.gamma_final": Key(number(0), all_of(rules(*LOCAL),
                                              when("lra.gamma_schedule", "linear", "cosine"))),
-    "lra.feedback_rule": Key(choice("kp", "fixed", "error_displacement"), rules(*LOCAL)),
+    "lra.feedback_rule": Key(choice("kp", "fixed", "error_displacement"), rules(*SKIP_RULES)),
     "lra.error_unit": Key(choice("l2", "mixed", "cauchy"), rules(*LOCAL)),
     "lra.alpha_skip": Key(number(0, hi=1), rules(*LOCAL)),
     "lra.alpha_adjacent": Key(number(0, hi=1), rules(*LOCAL)),
@@ -149,7 +151,7 @@ COMMON = {
     "lra.feedback_init": Key(choice(*INITS), rules(*LOCAL)),
     "lra.feedback_scale": Key(number(0, strict=True), rules(*LOCAL, "dfa")),
     "lra.dx": Key(BOOL, rules(*LOCAL)),
-    "lra.rescale": Key(BOOL, rules(*LOCAL)),
+    "lra.rescale": Key(BOOL, rules(*SKIP_RULES)),
     "optim.name": Key(choice("adamw", "sgd")),
     "optim.lr": Key(number(0, strict=True)),
     "optim.weight_decay": Key(number(0)),
@@ -191,13 +193,25 @@ RESNET = {
     "model.init": Key(choice(*INITS)),
     "model.init_scale": Key(number(0, strict=True)),
     "lra.depth": Key(choice(1, 2, 3), rules("rec_lra")),
-    "lra.skip_source": Key(choice("dense", "channel", "head", "mirror"), rules("rec_lra")),
+    "lra.skip_source": Key(choice(*wiring.SKIP_SOURCES), rules("rec_lra")),
     "lra.bn_error": Key(choice("jacobian", "output", "scaled"), rules(*LOCAL, "dfa")),
     "lra.head_last": Key(BOOL, rules("rec_lra")),
-    "lra.weight_mirror": Key(number(0), rules("rec_lra")),
+    "lra.weight_mirror": Key(number(0), rules("rec_lra", "kp")),
+    "lra.module": Key(choice(*wiring.MODULES), rules("rec_lra")),
+    "lra.local_loss": Key(choice(*wiring.LOCAL_LOSSES), rules("rec_lra")),
+    "lra.local_loss_grid": Key(integer(1), rules("rec_lra")),
+    "lra.local_loss_hidden": Key(integer(0), rules("rec_lra")),
+    "lra.skip_learning": Key(choice(*wiring.SKIP_LEARNING), rules("rec_lra")),
+    "lra.skip_activity": Key(BOOL, all_of(rules("rec_lra"), when("lra.skip_learning",
+                                                                  "regress"))),
     "lra.baseline_feedback_init": Key(choice(*INITS), rules("dfa")),
 }
 FAMILIES = {"mlp": MLP, "resnet": RESNET}
+# Values that became something else, with where they went.
+MOVED = {("lra.skip_source", "mirror"): (
+    "lra.skip_source='mirror' is the Kolen-Pollack baseline now, rule 'kp' (backprop's "
+    "path through learned transposes; rec_lra drives errors from at most lra.depth hops "
+    "above): use --config.rule=kp and leave lra.skip_source at 'dense'.")}
 # Why a local-rule option of one family has no meaning in the other.
 FAMILY_ONLY = {
     "lra.module_size": "a ResNet's modules are its blocks and stages, chosen by lra.depth",
@@ -205,6 +219,12 @@ FAMILY_ONLY = {
     "lra.head_last": "an MLP has no pooled head",
     "lra.bn_error": "an MLP has no BatchNorm",
     "lra.weight_mirror": "an MLP's error synapses mirror no single layer",
+    "lra.module": "an MLP's modules are lra.module_size layers",
+    "lra.local_loss": "an MLP's units read the output error (block-local losses: ResNets)",
+    "lra.local_loss_grid": "an MLP has no feature maps to pool",
+    "lra.local_loss_hidden": "an MLP's units read the output error",
+    "lra.skip_learning": "an MLP's skip synapses learn by lra.feedback_rule",
+    "lra.skip_activity": "an MLP's skips are plain matrices",
 }
 
 
@@ -269,7 +289,9 @@ def check(flat: dict[str, Any], *, rules_run: tuple[str, ...] | None = None,
         if key not in flat:
             continue
         value = flat[key]
-        if not spec.check.ok(value):
+        if (key, value) in MOVED:
+            problems.append(MOVED[key, value])
+        elif not spec.check.ok(value):
             problems.append(f"{key}={value!r} is out of range: must be {spec.check.text}.")
         elif key in overridden and spec.reads is not None:
             reason = spec.reads(view)
@@ -298,14 +320,25 @@ def _combinations(flat: dict, family: str) -> list[str]:
     problems = []
     if family == "resnet":
         skip = flat.get("lra.skip_source")
-        if skip in ("head", "mirror") and flat.get("lra.head_last") is False:
-            problems.append(f"lra.skip_source={skip!r} needs lra.head_last=True: the {skip} "
-                            f"chain drives each block from the block above, and the last "
-                            f"block has none but the head.")
-        if skip == "mirror" and flat.get("lra.depth") != 2:
-            problems.append(f"lra.skip_source='mirror' chains every layer to the one above; "
-                            f"lra.depth={flat.get('lra.depth')!r} does not apply (leave it "
-                            f"at 2).")
+        if skip == "head" and flat.get("lra.head_last") is False:
+            problems.append("lra.skip_source='head' needs lra.head_last=True: the head "
+                            "chain drives each block from the block above, and the last "
+                            "block has none but the head.")
+        if flat.get("lra.module") == "stage" and (skip not in ("dense", "channel")
+                                                  or flat.get("lra.depth") != 2):
+            problems.append(f"lra.module='stage' drives stage outputs from the output error "
+                            f"and chains the units inside each stage: it needs "
+                            f"lra.skip_source 'dense' or 'channel' (got {skip!r}) and "
+                            f"lra.depth=2 (got {flat.get('lra.depth')!r}).")
+        if flat.get("lra.skip_learning") == "regress" and (
+                skip not in ("dense", "channel") or flat.get("lra.local_loss") == "only"):
+            problems.append("lra.skip_learning='regress' trains skip synapses from the output "
+                            "error: it needs lra.skip_source 'dense' or 'channel' and "
+                            "lra.local_loss other than 'only'.")
+        if flat.get("lra.local_loss", "none") != "none" and flat.get(
+                "lra.feedback_rule") == "fixed":
+            problems.append("lra.local_loss needs learned synapses (its readouts learn with "
+                            "them): set lra.feedback_rule='kp' or lra.local_loss='none'.")
     if flat.get("dataset") in STREAMING and flat.get("data.source") in ("idx", "cifar"):
         problems.append(f"data.source={flat['data.source']!r} cannot hold {flat['dataset']}; "
                         f"use 'auto', 'tfds', 'folder' or 'synthetic'.")

@@ -54,6 +54,21 @@ def avg_pool_adjoint(d: jax.Array, spatial_shape: tuple[int, int]) -> jax.Array:
                             (d.shape[0], height, width, d.shape[-1]))
 
 
+def grid_pool(z: jax.Array, grid: int) -> jax.Array:
+    """Average pooling of (B, H, W, C) to (B, grid * grid * C) (grid divides H and W);
+    grid 1 is global average pooling."""
+    b, h, w, c = z.shape
+    cells = z.reshape(b, grid, h // grid, grid, w // grid, c).mean(axis=(2, 4))
+    return cells.reshape(b, -1)
+
+
+def grid_pool_adjoint(d: jax.Array, shape: tuple[int, ...], grid: int) -> jax.Array:
+    """Transpose of `grid_pool`: spreads (B, grid * grid * C) evenly over `shape`."""
+    b, h, w, c = shape
+    cells = d.reshape(b, grid, 1, grid, 1, c) / ((h // grid) * (w // grid))
+    return jnp.broadcast_to(cells, (b, grid, h // grid, grid, w // grid, c)).reshape(shape)
+
+
 def bn_affine_deltas(e: jax.Array, xhat: jax.Array) -> dict[str, jax.Array]:
     """Local BatchNorm-affine deltas: d_scale = sum(e * x_hat) / B, d_bias = sum(e) / B.
 

@@ -28,8 +28,8 @@ import numpy as np
 from absl import logging
 
 from rec_lra_jax import conv
-from rec_lra_jax.sweep import Errors, norm_error
-from rec_lra_jax.wiring import Graph, Synapse, get
+from rec_lra_jax.sweep import Errors, carry, norm_error
+from rec_lra_jax.wiring import Graph, Synapse, drives, get
 
 FEEDBACK_RULES = ("kp", "fixed", "error_displacement")
 FEEDBACK_INITS = ("lra_e", "unit", "he", "lecun")
@@ -80,21 +80,41 @@ def correlate(synapse: Synapse, a: jax.Array, e: jax.Array, coef: Any) -> jax.Ar
     if synapse.kind == "channel":
         return coef * e.T @ jnp.sum(a, axis=(1, 2)) / batch
     if synapse.kind == "pool":
-        return coef * e.T @ jnp.mean(a, axis=(1, 2)) / batch
+        return coef * e.T @ conv.grid_pool(a, synapse.geometry[0]) / batch
     strides, padding = synapse.geometry
     return coef * conv.kernel_delta(a, e, synapse.shape, strides=strides, padding=padding)
 
 
+def regress(synapse: Synapse, E: jax.Array, e: jax.Array, residual: jax.Array, coef: Any,
+            activity: jax.Array | None = None) -> jax.Array:
+    """coef * the gradient in E of the local regression loss ||d - teacher||^2 / (2 B) of
+    the unit the synapse drives, where d sums the unit's regressed skips and `residual` is
+    d - teacher: the transpose of one linear map of E, its error and activity held fixed."""
+    _, vjp = jax.vjp(lambda k: carry(synapse, k, e, residual.shape, activity), E)
+    return coef * vjp(residual)[0] / e.shape[0]
+
+
 def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "kp",
-                   gamma: Any = 1.0) -> dict[str, jax.Array]:
-    """{synapse name: its delta} under `rule` ("kp", "error_displacement", "fixed")."""
+                   gamma: Any = 1.0, feedback: dict | None = None) -> dict[str, jax.Array]:
+    """{synapse name: its delta} under `rule` ("kp", "error_displacement", "fixed"); a skip
+    synapse of a unit with a teacher (`Wiring.skip_learning="regress"`) regresses its
+    displacement onto the teacher instead (needs the synapses, `feedback`)."""
     if rule not in FEEDBACK_RULES:
         raise ValueError(f"Unknown feedback rule {rule!r}; choose one of {FEEDBACK_RULES}.")
     out = {}
+    regressed = {s: u for u, unit in graph.units.items() if unit.teach
+                 for s in drives(unit) if graph.synapses[s].source[1] not in graph.readouts}
+    residuals = {}
+    for s, u in regressed.items():
+        residuals[u] = residuals.get(u, -errors.teachers[u]) + errors.displacements[s]
     for name, synapse in graph.synapses.items():
         if synapse.kind == "identity":
             continue  # no parameters
-        if rule == "fixed":
+        if name in regressed and rule != "fixed":
+            out[name] = regress(synapse, feedback[name], errors.sources[name],
+                                residuals[regressed[name]], gamma,
+                                get(signals, synapse.reads))
+        elif rule == "fixed":
             out[name] = jnp.zeros(synapse.shape)
         elif rule == "kp":
             out[name] = correlate(synapse, get(signals, synapse.reads), errors.sources[name],
@@ -102,6 +122,14 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
         else:
             out[name] = correlate(synapse, errors.displacements[name], errors.sources[name],
                                   -gamma)
+    for name, readout in graph.readouts.items():  # a readout learns its own local loss
+        pooled = conv.grid_pool(get(signals, readout.reads), readout.grid)
+        batch = pooled.shape[0]
+        out[name] = pooled.T @ errors.units[name] / batch
+        if readout.classes:  # the hidden layer's output weights and their synapse
+            e, hidden = errors.readouts[name]
+            out[f"{name}_out"] = hidden.T @ e / batch
+            out[f"{name}_back"] = gamma * e.T @ hidden / batch
     return out
 
 
@@ -119,10 +147,31 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
     if scheme not in variance:
         raise ValueError(f"Unknown feedback init {scheme!r}; choose one of {FEEDBACK_INITS}.")
     out = {}
+    for name, r in graph.readouts.items():
+        if not r.classes:
+            out[name] = jnp.zeros(r.shape)
+            continue
+        # A hidden layer needs a random A; its pool synapse starts as A^T (one draw for
+        # both, then transposed deltas keep them so). A_out and A_back start at zero.
+        std = (2.0 / r.shape[0]) ** 0.5
+        out[name] = std * jax.random.normal(jax.random.fold_in(key, 7919 + len(out)), r.shape)
+        out[f"{name}_out"] = jnp.zeros((r.shape[1], r.classes))
+        out[f"{name}_back"] = jnp.zeros((r.classes, r.shape[1]))
+    regressed = {s for unit in graph.units.values() if unit.teach for s in drives(unit)}
     for name, synapse in graph.synapses.items():
         if synapse.kind == "identity":
             continue  # no parameters
         shape = synapse.shape
+        readout = graph.readouts.get(synapse.source[1])
+        if readout is not None and readout.classes:
+            out[name] = out[readout.name].T
+            continue
+        if readout is not None or name in regressed:
+            # Zero like its readout: the two get transposed deltas and the same optimizer,
+            # so the synapse stays the readout's transpose without reading it. A regressed
+            # skip predicts nothing until its teacher has taught it.
+            out[name] = jnp.zeros(shape)
+            continue
         fan_in = math.prod(shape[:-1]) if len(shape) == 4 else shape[0]
         std = scale * variance[scheme](fan_in) ** 0.5
         out[name] = std * jax.random.normal(jax.random.fold_in(key, synapse.init_index), shape)
@@ -157,8 +206,9 @@ def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
     about 1 / sqrt(samples). Kolen-Pollack then keeps a synapse minus its layer shrinking
     by the shared weight decay (docs/algorithm.md, "Initialisation").
 
-    Mirrored: conv synapses that carry one conv layer's error (inside every block; with
-    the "mirror" skip source also between blocks) and pool synapses carrying the head's
+    Mirrored: conv synapses that carry one conv layer's error (inside every block; inside
+    every stage with module "stage"; everywhere in the Kolen-Pollack chain, rule kp; a
+    regressed skip's teachers) and pool synapses carrying the head's
     error (they stand for the head's kernel, transposed). Other synapses (dense or channel
     skips) keep their random init. Raises ValueError when the graph has no mirrored
     synapse (dense chains).

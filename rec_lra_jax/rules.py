@@ -1,4 +1,5 @@
-"""Update rules as optax transforms: rec-LRA, LRA-E, DFA and the autodiff baselines.
+"""Update rules as optax transforms: rec-LRA, LRA-E, Kolen-Pollack, DFA and the autodiff
+baselines.
 
 Each factory returns an `optax.GradientTransformationExtraArgs` (a `Rule`). A local rule's
 `update(updates, state, params, *, signals, labels)` ignores the incoming updates and
@@ -107,7 +108,7 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
                            output_error_unit=output_error_unit, rescale=rescale)
         deltas = {"params": local.layer_deltas(g, signals, errors, dx=dx, norm=bn_error),
                   "feedback": local.synapse_deltas(g, signals, errors, rule=feedback_rule,
-                                                   gamma=gamma)}
+                                                   gamma=gamma, feedback=params["feedback"])}
         return deltas, state
 
     return _rule(init_fn, update_fn, init_feedback=init_feedback)
@@ -140,12 +141,13 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
         residual nets) and a multiplier of its std.
       dx: ablation: multiply each hidden layer's error by phi'(h) in its weight delta.
       rescale: divide each hidden unit's mismatch z - ybar by beta (errors keep their
-        scale over long chains such as the "mirror" wiring's).
+        scale along chains such as module="stage"'s).
       bn_error: "jacobian", "output" or "scaled": a conv's error behind its BatchNorm.
       weight_mirror: 0 (off) or the noise samples per fan-in unit of a weight-mirror start
         (Akrout et al., NeurIPS 2019) for the synapses that mirror a residual net's layer
-        (`local.weight_mirror`): each starts at an estimate of that layer's kernel from its
-        response to noise.
+        (`local.weight_mirror`: the conv synapses inside a block or stage, the head's pool
+        synapse): each starts at an estimate of that layer's kernel from its response to
+        noise.
       activation: the hidden activation of a dense chain (a name or a callable; residual
         nets use relu). With `inject_hyperparams`, pass a callable in `static_args`.
 
@@ -158,7 +160,12 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
     >>> isinstance(rule, optax.GradientTransformationExtraArgs)
     True
     """
-    return local_rule(wiring=wiring or Wiring(), beta=beta, gamma=gamma,
+    wiring = wiring or Wiring()
+    if wiring.sources == "transpose":
+        raise ValueError("Wiring('transpose') is the Kolen-Pollack chain, backprop's path with "
+                         "learned transposes: a baseline, not rec-LRA. Use "
+                         "rl.kolen_pollack(...) (rule 'kp').")
+    return local_rule(wiring=wiring, beta=beta, gamma=gamma,
                       error_unit=error_unit, alpha_skip=alpha_skip,
                       alpha_adjacent=alpha_adjacent, feedback_rule=feedback_rule,
                       feedback_init=feedback_init, feedback_scale=feedback_scale, dx=dx,
@@ -239,6 +246,37 @@ def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
                    rescale=rescale)
 
 
+def kolen_pollack(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
+                  alpha_skip: Any = 1.0, alpha_adjacent: Any = 1.0,
+                  feedback_init: str | None = None, feedback_scale: Any = 1.0,
+                  dx: bool = False, bn_error: str = "jacobian",
+                  activation: str | Callable | None = None,
+                  output_error_unit: str | None = "l2", weight_mirror: float = 0.0) -> Rule:
+    """Backprop through Kolen-Pollack transposes (Kolen & Pollack 1994; Akrout et al.,
+    NeurIPS 2019): a baseline beside `backprop`, `feedback_alignment` and `dfa`.
+
+    Every unit is driven by the layers that read it, each through its own synapse shaped
+    like that layer (a dense W^T, a conv-transpose, a shortcut's adjoint), errors divided by
+    beta (`rescale`), and each synapse gets its layer's delta (Kolen-Pollack), optionally
+    started by a weight mirror. With synapses equal to the forward kernels and a small beta
+    its deltas are backprop's gradient; during training each synapse is its layer plus the
+    decaying difference of their inits (docs/algorithm.md, "The Kolen-Pollack chain"). Its
+    target hops are backprop's (17 on ResNet-18): the recursion rec-LRA avoids. No forward
+    weight is read.
+
+    >>> import rec_lra_jax as rl
+    >>> rl.kolen_pollack(beta=0.05, activation="tanh").autodiff
+    False
+    """
+    return local_rule(wiring=Wiring("transpose"), beta=beta, gamma=gamma,
+                      error_unit=error_unit, alpha_skip=alpha_skip,
+                      alpha_adjacent=alpha_adjacent, feedback_rule="kp",
+                      feedback_init=feedback_init, feedback_scale=feedback_scale, dx=dx,
+                      bn_error=bn_error, activation=activation,
+                      output_error_unit=output_error_unit, rescale=True,
+                      weight_mirror=weight_mirror)
+
+
 def dfa(*, feedback_init: str | None = None, feedback_scale: Any = 1.0,
         skip_source: str = "dense", bn_error: str = "jacobian",
         activation: str | Callable | None = None) -> Rule:
@@ -315,6 +353,7 @@ class Spec(NamedTuple):
 RULES = {
     "rec_lra": Spec(rec_lra, True, True),
     "lra_e": Spec(lra_e, True, True),
+    "kp": Spec(kolen_pollack, True, True),
     "dfa": Spec(dfa, False, True),
     "bp": Spec(backprop, False, False),
     "fa": Spec(feedback_alignment, False, False),

@@ -5,11 +5,14 @@ units and error synapses. It takes no forward parameter at all, so it cannot tra
 forward weight by construction (docs/algorithm.md, "The sweep"):
 
   output:  e_out = eps(softmax(logits) - y)
+  readout: e_r = eps(softmax(pool(z) A_r) - y)           (a unit's local loss, if wired)
   unit u:  d_u = carry(E_u, e_src(u))                   (the unit's error synapse)
            target "target":   ybar_u = phi(h_u - beta d_u),  e_u = eps(z_u - ybar_u)
            mode "gradient":   e_u = phi'(h_u) d_u          (feedback alignment, DFA)
   layer:   its output error is its unit's error; behind a BatchNorm, `norm_error`
            carries it to the pre-normalisation output with that BatchNorm's own statistics.
+  teacher: beside the sweep, a unit's `teach` synapses carry the layers above it to the
+           displacement its skip synapse regresses on (no unit's target reads it).
 
 eps uses alpha_adjacent where a unit is driven by the unit directly above, alpha_skip
 elsewhere and at the output.
@@ -35,6 +38,8 @@ class Errors(NamedTuple):
     units: dict[str, jax.Array]  # e_u for every unit (the output's under its name)
     sources: dict[str, jax.Array]  # the error each synapse carried
     displacements: dict[str, jax.Array]  # d per synapse, at the synapse's output
+    teachers: dict[str, jax.Array] = {}  # noqa: RUF012 - a unit's teacher displacement
+    readouts: dict[str, tuple] = {}  # noqa: RUF012 - hidden readouts' (output error, hidden)
 
 
 def error_units(u: jax.Array, kind: str = "l2", alpha: Any = 1.0) -> jax.Array:
@@ -71,8 +76,12 @@ def norm_error(signals: dict | None, e: jax.Array, treatment: str = "jacobian") 
     return centred * gain
 
 
-def carry(synapse: Synapse, E: jax.Array, e: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """The displacement a synapse of each kind gives a unit of activity shape `shape`."""
+def carry(synapse: Synapse, E: jax.Array, e: jax.Array, shape: tuple[int, ...],
+          activity: jax.Array | None = None) -> jax.Array:
+    """The displacement a synapse of each kind gives a unit of activity shape `shape`
+    ("bilinear" also reads the unit's own `activity` z: z (sum_k e_k E_k))."""
+    if synapse.kind == "bilinear":
+        return jnp.einsum("bhwc,bcd->bhwd", activity, jnp.einsum("bk,kcd->bcd", e, E))
     if synapse.kind == "identity":
         return jnp.broadcast_to(e, shape)
     if synapse.kind == "dense":
@@ -80,11 +89,30 @@ def carry(synapse: Synapse, E: jax.Array, e: jax.Array, shape: tuple[int, ...]) 
     if synapse.kind == "channel":
         return jnp.broadcast_to((e @ E)[:, None, None, :], shape)
     if synapse.kind == "pool":
-        return conv.avg_pool_adjoint(e @ E, shape[1:3])
+        grid = synapse.geometry[0]
+        if grid == 1:
+            return conv.avg_pool_adjoint(e @ E, shape[1:3])
+        return conv.grid_pool_adjoint(e @ E, shape, grid)
     if synapse.kind == "conv":
         strides, padding = synapse.geometry
         return conv.transpose_displacement(e, E, shape, strides=strides, padding=padding)
     raise ValueError(f"Unknown synapse kind {synapse.kind!r}.")
+
+
+def readout_error(readout, signals: dict, labels: jax.Array, feedback: dict,
+                  error_unit: str = "l2", alpha: Any = 1.0):
+    """(error its pool synapse carries, output error, hidden activity or None) of a
+    readout: e = eps(softmax(logits) - y), and with a hidden layer relu'(p A) (e A_back)."""
+    pooled = conv.grid_pool(get(signals, readout.reads), readout.grid)
+    if not readout.classes:
+        e = error_units(jax.nn.softmax(pooled @ feedback[readout.name]) - labels, error_unit,
+                        alpha)
+        return e, e, None
+    pre = pooled @ feedback[readout.name]
+    hidden = jax.nn.relu(pre)
+    e = error_units(jax.nn.softmax(hidden @ feedback[f"{readout.name}_out"]) - labels,
+                    error_unit, alpha)
+    return (pre > 0) * (e @ feedback[f"{readout.name}_back"]), e, hidden
 
 
 def _max_pool_adjoint(z: jax.Array, d: jax.Array, pool: tuple[int, int, int]) -> jax.Array:
@@ -113,6 +141,12 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
     output = next(name for name, u in graph.units.items() if u.drive is None)
     units[output] = error_units(jax.nn.softmax(signals["logits"]) - labels,
                                 output_error_unit or error_unit, alpha_skip)
+    readouts = {}
+    for name, readout in graph.readouts.items():  # block-local losses' errors
+        units[name], e, hidden = readout_error(readout, signals, labels, feedback,
+                                               output_error_unit or error_unit, alpha_skip)
+        if hidden is not None:
+            readouts[name] = (e, hidden)
 
     def layer_error(name: str) -> jax.Array:
         layer = graph.layers[name]
@@ -127,8 +161,8 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
         for synapse in (graph.synapses[s] for s in drives(unit)):
             kind, source = synapse.source
             e_src = unit_error(source) if kind == "unit" else layer_error(source)
-            d_s = carry(synapse, feedback.get(synapse.name), e_src,
-                        get(signals, synapse.reads).shape)
+            z_s = get(signals, synapse.reads)
+            d_s = carry(synapse, feedback.get(synapse.name), e_src, z_s.shape, z_s)
             sources[synapse.name], displacements[synapse.name] = e_src, d_s
             d = d + d_s
         z, pre = get(signals, unit.post), get(signals, unit.pre)
@@ -145,4 +179,16 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
 
     for name in graph.units:
         unit_error(name)
-    return Errors(units, sources, displacements)
+    teachers = {}
+    for name, unit in graph.units.items():  # beside the sweep: no unit reads them
+        d = 0.0
+        for synapse in (graph.synapses[t] for t in unit.teach):
+            kind, source = synapse.source
+            e_src = unit_error(source) if kind == "unit" else layer_error(source)
+            z_s = get(signals, synapse.reads)
+            d_s = carry(synapse, feedback.get(synapse.name), e_src, z_s.shape, z_s)
+            sources[synapse.name], displacements[synapse.name] = e_src, d_s
+            d = d + d_s
+        if unit.teach:
+            teachers[name] = d
+    return Errors(units, sources, displacements, teachers, readouts)

@@ -33,8 +33,11 @@ from typing import Any, NamedTuple
 import jax
 
 Path = tuple  # keys into the nested signals dict (str keys, int tuple indices)
-SOURCES = ("recursive", "adjacent", "direct")
-SKIP_SOURCES = ("dense", "channel", "head", "mirror")
+SOURCES = ("recursive", "adjacent", "direct", "transpose")
+SKIP_SOURCES = ("dense", "channel", "head")
+MODULES = ("block", "stage")
+LOCAL_LOSSES = ("none", "only", "mixed")
+SKIP_LEARNING = ("kp", "regress")
 OUTPUT = "output"  # the unit whose error is eps(softmax(logits) - y)
 
 
@@ -44,19 +47,42 @@ class Wiring:
 
     Attributes:
       sources: "recursive" (rec-LRA: error skips over a module tree), "adjacent" (LRA-E:
-        each unit from the one above) or "direct" (DFA: every unit from the output error).
+        each unit from the one above), "direct" (DFA: every unit from the output error) or
+        "transpose" (the Kolen-Pollack chain, `rules.kolen_pollack`: every unit from the
+        layers that read it, each through a synapse shaped like that layer, so the error
+        travels backprop's path; a baseline with backprop's target hops, not rec-LRA).
       module_size: layers per module at the finest level (dense chains; rec-LRA's m).
       depth: recursion depth. Dense chains: any >= 1. Residual nets: 1 (every unit from
         the output), 2 (blocks from the output, layers inside a block from the layer
         above), 3 (stage outputs from the output, other blocks from the block above).
       skip_source: residual nets, how a block output reads the output error: "dense"
-        (a (K, H*W*C) matrix), "channel" (a (K, C) matrix broadcast over space), "head"
-        (the chain: each block from the block above through a conv-transpose) or "mirror"
-        (each block output from the next block's first conv error through a synapse shaped
-        like that conv, plus the next block's error through its shortcut: the identity, or
-        a synapse shaped like the projection; Kolen-Pollack makes each synapse learn the
-        same deltas as the forward layer it mirrors).
+        (a (K, H*W*C) matrix), "channel" (a (K, C) matrix broadcast over space) or "head"
+        (the chain: each block from the block above through a conv-transpose).
       head_last: residual nets, the last block through the head's pooling adjoint.
+      module: residual nets, the module of the recursion at depth 2: "block" (the paper's
+        reading: block outputs from the output error, the convs inside a block from the
+        conv above) or "stage" (stage outputs from the output error, every other unit of a
+        stage, the stem included in the first, from the layers directly above it in its
+        stage through synapses shaped like them). Target hops on ResNet-18: 2 and 5.
+      local_loss: residual nets, what a unit that the recursion drives from the output
+        error reads instead ("only") or as well ("mixed"): the error of its own linear
+        readout, softmax(pool(z) A) - y, with A learned by its local delta and carried back
+        by a Kolen-Pollack pool synapse (a block-local loss: Nokland & Eidnes 2019,
+        Belilovsky et al. 2020). A departure from the paper; "none" is the paper's.
+      local_loss_grid: the readout's average pooling grid (g x g cells per channel; on a
+        map g does not divide, the largest divisor of g that divides it).
+      local_loss_hidden: 0 (a linear readout) or the width of one ReLU hidden layer in it
+        (a richer local loss, one hop more: Belilovsky et al.'s auxiliary MLPs).
+      skip_learning: residual nets, how a skip synapse from the output error learns: "kp"
+        (the paper's Kolen-Pollack rule, dE = gamma corr(z_u, e_out)) or "regress" (a
+        departure: its displacement e_out E is regressed onto the teacher, the displacement
+        the layers directly above would carry to the unit through synapses shaped like
+        them, computed beside the sweep and never used as a target; like a synthetic
+        gradient, Jaderberg et al. 2017, linear in the output error).
+      skip_activity: with "regress", each skip from the output error also reads the unit's
+        own activity z through a "bilinear" synapse F (K, C, C): d = e E + z (sum_k e_k F_k),
+        a 1x1 map of z chosen by the output error (a conditioned synthetic gradient). Still
+        one hop; a departure.
     """
 
     sources: str = "recursive"
@@ -64,6 +90,12 @@ class Wiring:
     depth: int = 2
     skip_source: str = "dense"
     head_last: bool = True
+    module: str = "block"
+    local_loss: str = "none"
+    local_loss_grid: int = 1
+    local_loss_hidden: int = 0
+    skip_learning: str = "kp"
+    skip_activity: bool = False
 
     def __post_init__(self):
         if self.sources not in SOURCES:
@@ -75,6 +107,23 @@ class Wiring:
                 and self.module_size >= 1 and self.depth >= 1):
             raise ValueError(f"module_size and depth must be integers >= 1, got "
                              f"{self.module_size!r}, {self.depth!r}.")
+        if self.module not in MODULES:
+            raise ValueError(f"Unknown module {self.module!r}; choose one of {MODULES}.")
+        if self.local_loss not in LOCAL_LOSSES:
+            raise ValueError(f"Unknown local_loss {self.local_loss!r}; choose one of "
+                             f"{LOCAL_LOSSES}.")
+        if self.skip_activity and self.skip_learning != "regress":
+            raise ValueError("skip_activity needs skip_learning='regress' (its bilinear "
+                             "synapse has no Kolen-Pollack rule).")
+        if self.skip_learning not in SKIP_LEARNING:
+            raise ValueError(f"Unknown skip_learning {self.skip_learning!r}; choose one of "
+                             f"{SKIP_LEARNING}.")
+        if not (isinstance(self.local_loss_hidden, int) and self.local_loss_hidden >= 0):
+            raise ValueError(f"local_loss_hidden must be an integer >= 0, got "
+                             f"{self.local_loss_hidden!r}.")
+        if not (isinstance(self.local_loss_grid, int) and self.local_loss_grid >= 1):
+            raise ValueError(f"local_loss_grid must be an integer >= 1, got "
+                             f"{self.local_loss_grid!r}.")
 
 
 class Unit(NamedTuple):
@@ -86,6 +135,7 @@ class Unit(NamedTuple):
     # (None for the output unit)
     adjacent: bool = False  # driven by the unit directly above (alpha_adjacent)
     pool: tuple[int, int, int] | None = None  # max-pool (window, stride, pad) after z
+    teach: tuple[str, ...] = ()  # synapses whose summed displacement its skip regresses on
 
 
 class Layer(NamedTuple):
@@ -112,11 +162,26 @@ class Synapse(NamedTuple):
     init_index: int = 0  # fold_in index of its random init
 
 
+class Readout(NamedTuple):
+    """A unit's own readout (a block-local loss): logits = pool_g(z) A (linear) or
+    relu(pool_g(z) A) A_out (one hidden layer), error softmax(logits) - y. Its weights
+    are learned feedback entries, never forward weights. With a hidden layer the readout
+    carries its error back to the hidden units itself (through A_back, a Kolen-Pollack
+    synapse of A_out), so the error its pool synapse carries is one hop later."""
+
+    name: str  # feedback key of A
+    reads: Path  # the activity z it reads
+    grid: int  # average pooling to grid x grid cells
+    shape: tuple[int, int]  # A: (grid * grid * channels, hidden or classes)
+    classes: int = 0  # with a hidden layer: A_out (hidden, classes), A_back (classes, hidden)
+
+
 class Graph(NamedTuple):
     units: dict[str, Unit]
     layers: dict[str, Layer]
     synapses: dict[str, Synapse]
     feedback_init: str  # the family's default init scheme for the synapses
+    readouts: dict[str, Readout] = {}  # noqa: RUF012 - never mutated
 
 
 def drives(unit: Unit) -> tuple[str, ...]:
@@ -124,6 +189,43 @@ def drives(unit: Unit) -> tuple[str, ...]:
     if unit.drive is None:
         return ()
     return (unit.drive,) if isinstance(unit.drive, str) else tuple(unit.drive)
+
+
+def hops(graph: Graph) -> dict[str, int]:
+    """Target hops of every unit: the synapse carries on the longest chain from an error
+    that exists once the forward pass is done (the output's, a readout's) to the unit's
+    error. Units with the same count can be computed side by side."""
+    out = {name: int(r.classes > 0) for name, r in graph.readouts.items()}
+
+    def unit_hops(name: str) -> int:
+        if name not in out:
+            sources = [graph.synapses[s].source for s in drives(graph.units[name])]
+            out[name] = 1 + max((unit_hops(graph.layers[src].unit if kind == "layer" else src)
+                                 for kind, src in sources), default=-1)
+        return out[name]
+
+    for name in graph.units:
+        unit_hops(name)
+    return {name: out[name] for name in graph.units}
+
+
+def teacher_hops(graph: Graph) -> dict[str, int]:
+    """Hops of each unit's teacher (`Wiring.skip_learning="regress"`): computed beside the
+    sweep for a synapse's update, never a target, but still a sequential step."""
+    unit = hops(graph)
+    out = {}
+    for name, u in graph.units.items():
+        if u.teach:
+            sources = [graph.synapses[t].source for t in u.teach]
+            out[name] = 1 + max(unit[graph.layers[src].unit if kind == "layer" else src]
+                                for kind, src in sources)
+    return out
+
+
+def critical_path(graph: Graph) -> int:
+    """The wiring's target hops: the longest chain of sequential sweep steps (SPEC, "Target
+    hops"), teachers included. Backprop's is the number of weight layers below the output."""
+    return max([*hops(graph).values(), *teacher_hops(graph).values()])
 
 
 def get(signals: Any, path: Path) -> Any:
@@ -184,7 +286,7 @@ def recursive_sources(num_layers: int, *, module_size: int, depth: int) -> tuple
 
 def chain_sources(wiring: Wiring, num_layers: int) -> tuple[int, ...]:
     """src(l) for l = 1..L-1 of an L-layer dense chain."""
-    if wiring.sources == "adjacent":
+    if wiring.sources in ("adjacent", "transpose"):  # W_{l+1}^T's shape: the same chain
         return tuple(range(2, num_layers + 1))
     if wiring.sources == "direct":
         return (num_layers,) * (num_layers - 1)
@@ -253,14 +355,26 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         wiring = dataclasses.replace(wiring, sources="recursive", skip_source="head",
                                      head_last=True, depth=max(wiring.depth, 2))
     if wiring.sources == "direct":
-        if wiring.skip_source in ("head", "mirror"):
+        if wiring.skip_source == "head":
             raise ValueError(f"Direct wiring reads the output error at every unit; the "
                              f"{wiring.skip_source!r} skip source chains blocks instead. Use "
                              f"'dense' or 'channel'.")
         wiring = dataclasses.replace(wiring, depth=1)
-    if wiring.skip_source == "mirror" and wiring.depth != 2:
-        raise ValueError(f"The mirror skip source chains every layer to the one above; "
-                         f"recursion depth {wiring.depth} does not apply (leave it at 2).")
+    # "transpose": each block output from the next block's first conv error through a
+    # synapse shaped like that conv, plus the next block's error through its shortcut (the
+    # identity, or a synapse shaped like the projection); Kolen-Pollack makes each synapse
+    # learn the same deltas as the forward layer it mirrors.
+    mirrored = wiring.sources == "transpose"
+    if mirrored:
+        wiring = dataclasses.replace(wiring, depth=2, head_last=True, module="block",
+                                     local_loss="none", skip_learning="kp",
+                                     skip_activity=False)
+    staged = wiring.module == "stage"
+    if staged and (wiring.depth != 2 or wiring.skip_source not in ("dense", "channel")):
+        raise ValueError(f"module='stage' drives stage outputs from the output error (skip "
+                         f"source 'dense' or 'channel') and chains the units inside a stage "
+                         f"(depth 2); got skip source {wiring.skip_source!r}, depth "
+                         f"{wiring.depth}.")
     if wiring.depth > 3:
         raise ValueError(f"Residual nets support recursion depth 1, 2 or 3, got "
                          f"{wiring.depth}.")
@@ -283,11 +397,34 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
                              affine=("bn",) if "bn" in params[name] else None,
                              geometry=_conv_geometry(signals, path, kernel[0]))
 
+    readouts = {}
+
     def from_output(name, target, reads, kind=None):
+        """A skip from the output error (and/or the unit's own readout); returns the drive."""
         kind = kind or wiring.skip_source
         u = shape_of(signals, reads)
-        shape = (classes, math.prod(u[1:])) if kind == "dense" else (classes, u[-1])
-        synapses[name] = Synapse(name, kind, ("unit", "head"), target, reads, shape)
+        drive = []
+        if kind == "pool" or wiring.local_loss != "only":
+            shape = (classes, math.prod(u[1:])) if kind == "dense" else (classes, u[-1])
+            synapses[name] = Synapse(name, kind, ("unit", "head"), target, reads, shape)
+            drive.append(name)
+        if kind != "pool" and wiring.skip_activity:
+            gate = f"{name}_gate"
+            synapses[gate] = Synapse(gate, "bilinear", ("unit", "head"), target, reads,
+                                     (classes, u[-1], u[-1]))
+            drive.append(gate)
+        if kind == "pool" or wiring.local_loss == "none":
+            return drive[0] if len(drive) == 1 else tuple(drive)
+        grid = math.gcd(wiring.local_loss_grid, u[1], u[2])  # cells that tile the map
+        features, hidden = grid * grid * u[-1], wiring.local_loss_hidden
+        readout = f"{name}_readout"
+        readouts[readout] = Readout(readout, reads, grid, (features, hidden or classes),
+                                    classes if hidden else 0)
+        local = name if wiring.local_loss == "only" else f"{name}_local"
+        synapses[local] = Synapse(local, "pool", ("unit", readout), target, reads,
+                                  (hidden or classes, features), (grid, 0))
+        drive.append(local)
+        return drive[0] if len(drive) == 1 else tuple(drive)
 
     def mirror_conv(name, target, reads, block, conv):
         """A synapse shaped like conv layer `conv` of `block`, reading that layer's error
@@ -309,6 +446,12 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
             synapses[skip] = Synapse(skip, "identity", ("unit", upper), target, reads, ())
         return (name, skip)
 
+    def teacher(name, reads, upper):
+        """Teacher synapses of unit `name` from block `upper` (skip_learning="regress")."""
+        if wiring.skip_learning != "regress":
+            return ()
+        return mirror(f"{name}_teach", name, reads, upper)
+
     def from_block(name, target, reads, upper):
         k = 3 if "conv3" not in signals["blocks"][upper] else 1
         lower, up = shape_of(signals, reads), shape_of(signals, ("blocks", upper, "post"))
@@ -320,19 +463,21 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         convs = sorted(k for k in block if k.startswith("conv"))
         post = ("blocks", b, "post")
         last = i == len(blocks) - 1
-        chained = wiring.skip_source in ("head", "mirror") or (
-            wiring.depth == 3 and b not in stages)
-        drive = b
+        chained = wiring.skip_source == "head" or mirrored or (
+            wiring.depth == 3 and b not in stages) or (staged and b not in stages)
+        drive, teach = b, ()
         if last and (wiring.head_last or chained):
-            from_output(b, b, post, kind="pool")
+            drive = from_output(b, b, post, kind="pool")
             chained = False
-        elif wiring.skip_source == "mirror":
+        elif mirrored or (staged and chained):
             drive = mirror(b, b, post, blocks[i + 1])
         elif chained:
             from_block(b, b, post, blocks[i + 1])
         else:
-            from_output(b, b, post)
-        units[b] = Unit(b, ("blocks", b, "pre"), post, relu, drive, adjacent=chained)
+            drive = from_output(b, b, post)
+            teach = () if last else teacher(b, post, blocks[i + 1])
+        units[b] = Unit(b, ("blocks", b, "pre"), post, relu, drive, adjacent=chained,
+                        teach=teach)
         for j, c in enumerate(convs):
             name, path = f"{b}_{c}", ("blocks", b, c)
             top = j == len(convs) - 1
@@ -340,29 +485,35 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
             if top:
                 continue
             reads = (*path, "post")
-            units[name] = Unit(name, (*path, "bn"), reads, relu, name,
-                               adjacent=not inner_direct)
+            drive, teach = name, ()
             if inner_direct:
-                from_output(name, name, reads, kind=direct_kind)
+                drive = from_output(name, name, reads, kind=direct_kind)
+                if wiring.skip_learning == "regress":
+                    teach = (f"{name}_teach",)
+                    mirror_conv(teach[0], name, reads, b, convs[j + 1])
             else:  # from the conv error of the layer above, through a conv-transpose
                 mirror_conv(name, name, reads, b, convs[j + 1])
+            units[name] = Unit(name, (*path, "bn"), reads, relu, drive,
+                               adjacent=not inner_direct, teach=teach)
         if "proj" in block:
             conv_layer(f"{b}_proj", ("blocks", b, "proj"), b)
     stem = signals["stem"]
     reads = ("stem", "pooled") if "pooled" in stem else ("stem", "post")
-    chained, drive = wiring.skip_source in ("head", "mirror"), "stem"
-    if wiring.skip_source == "mirror":
+    chained, drive = wiring.skip_source == "head" or mirrored or staged, "stem"
+    teach = ()
+    if mirrored or staged:  # module "stage": the stem is in stage 1
         drive = mirror("stem", "stem", reads, blocks[0])
     elif chained:
         from_block("stem", "stem", reads, blocks[0])
     else:
-        from_output("stem", "stem", reads)
+        drive = from_output("stem", "stem", reads)
+        teach = teacher("stem", reads, blocks[0])
     units["stem"] = Unit("stem", ("stem", "bn"), ("stem", "post"), relu, drive,
                          adjacent=chained,
-                         pool=(3, 2, 1) if "pooled" in stem else None)
+                         pool=(3, 2, 1) if "pooled" in stem else None, teach=teach)
     conv_layer("stem", ("stem",), "stem")
     synapses = {n: s._replace(init_index=i) for i, (n, s) in enumerate(sorted(synapses.items()))}
-    return Graph(units, layers, synapses, feedback_init="he")
+    return Graph(units, layers, synapses, feedback_init="he", readouts=readouts)
 
 
 def _stage_ends(signals: dict, blocks: list[str]) -> set[str]:

@@ -73,7 +73,8 @@ def unit_errors(model, params, feedback, x, labels, *, wiring=None, activation="
 
 @functools.cache
 def mirror_oracle(depth, stem):
-    """A ResNet in float64 and mirror synapses set to the forward weights they mirror
+    """A ResNet in float64 and the Kolen-Pollack chain's synapses set to the forward weights
+    they mirror
     (cached: several tests read it, none changes it)."""
     size = 32 if stem == "imagenet" else 16
     model = resnet.resnet(depth, num_classes=10, width=4, stem=stem)
@@ -83,7 +84,7 @@ def mirror_oracle(depth, stem):
     variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)
     params = variables["params"]
     signals = model.apply(variables, x, train=False)
-    graph = wiring_lib.build(Wiring(skip_source="mirror"), signals, params, None)
+    graph = wiring_lib.build(Wiring("transpose"), signals, params, None)
     oracle = {}
     for name, synapse in graph.synapses.items():
         if synapse.kind == "conv":

@@ -71,13 +71,12 @@ def test_resnet_local_rules_certified(rule):
     assert cert.certified, cert.violations
 
 
-def test_resnet_mirror_wiring_certified():
-    """The mirror wiring has backprop's structure, but its synapses are its own parameters:
-    no forward weight reaches an update (the weight mirror only sets their start)."""
-    config = _config(fmnist_resnet18, "rec_lra")
+def test_resnet_kolen_pollack_certified():
+    """The Kolen-Pollack chain (rule kp) has backprop's structure, but its synapses are its
+    own parameters: no forward weight reaches an update (the weight mirror only sets their
+    start)."""
+    config = _config(fmnist_resnet18, "kp")
     with config.unlocked():
-        config.lra.skip_source = "mirror"
-        config.lra.rescale = True
         config.lra.weight_mirror = 10.0
     cert = builder.certify_config(config, input_shape=(8, 8, 1))
     assert cert.certified, cert.violations

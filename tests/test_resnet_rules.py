@@ -30,7 +30,10 @@ RULES = {
     "rec_lra_head": lambda: rules.rec_lra(wiring=Wiring(skip_source="head")),
     "rec_lra_depth1": lambda: rules.rec_lra(wiring=Wiring(depth=1)),
     "rec_lra_depth3": lambda: rules.rec_lra(wiring=Wiring(depth=3)),
-    "rec_lra_mirror": lambda: rules.rec_lra(wiring=Wiring(skip_source="mirror"), rescale=True),
+    "rec_lra_stage": lambda: rules.rec_lra(wiring=Wiring(module="stage"), rescale=True),
+    "rec_lra_local": lambda: rules.rec_lra(wiring=Wiring(module="stage", local_loss="mixed",
+                                                         local_loss_grid=2)),
+    "kp": lambda: rules.kolen_pollack(),
     "lra_e": rules.lra_e,
     "dfa": rules.dfa,
 }
@@ -41,7 +44,8 @@ RULES = {
     (18, "cifar", "rec_lra_channel"), (18, "cifar", "rec_lra_depth1"), (18, "cifar", "dfa"),
     (50, "cifar", "rec_lra_head"), (50, "imagenet", "rec_lra_channel"),
     (18, "cifar", "rec_lra_depth3"), (50, "cifar", "rec_lra_depth3"), (18, "imagenet", "lra_e"),
-    (18, "imagenet", "rec_lra_mirror"), (50, "imagenet", "rec_lra_mirror"),
+    (18, "imagenet", "kp"), (50, "imagenet", "kp"), (18, "cifar", "rec_lra_stage"),
+    (50, "imagenet", "rec_lra_stage"), (18, "cifar", "rec_lra_local"),
 ])
 def test_deltas_match_params_and_feedback(depth, stem, rule):
     rule = RULES[rule]()
@@ -216,8 +220,9 @@ def test_depth3_wiring_is_a_graph_variant_only():
 
 
 @pytest.mark.parametrize("depth,stem", [(18, "cifar"), (18, "imagenet"), (50, "cifar")])
-def test_mirror_wiring_with_transported_weights_is_backprop(depth, stem):
-    """The mirror wiring has backprop's structure: given synapses equal to the forward weights
+def test_kolen_pollack_with_transported_weights_is_backprop(depth, stem):
+    """The Kolen-Pollack chain (rule kp) is backprop's structure: given synapses equal to the
+    forward weights
     they mirror (an oracle only a test may build), rescaled errors and a tiny beta, every
     layer's delta is the backprop gradient. Training never sees this: its synapses start
     random and learn by Kolen-Pollack (next test)."""
@@ -225,7 +230,7 @@ def test_mirror_wiring_with_transported_weights_is_backprop(depth, stem):
         model, variables, graph, oracle, x, labels = mirror_oracle(depth, stem)
         params = variables["params"]
         assert {s.kind for s in graph.synapses.values()} <= {"conv", "pool", "identity"}
-        rule = rules.rec_lra(wiring=Wiring(skip_source="mirror"), beta=1e-7, rescale=True)
+        rule = rules.kolen_pollack(beta=1e-7)
         deltas = rule_deltas(rule, model, params, oracle, x, labels, variables["batch_stats"])
         grads = rule_deltas(rules.backprop(), model, params, {}, x, labels,
                             variables["batch_stats"])
@@ -236,14 +241,14 @@ def test_mirror_wiring_with_transported_weights_is_backprop(depth, stem):
                                        err_msg=jax.tree_util.keystr(path))
 
 
-def test_mirror_synapses_learn_the_deltas_of_the_layers_they_mirror():
-    """Kolen-Pollack on the mirror wiring: each conv synapse's delta is exactly its forward
+def test_kp_synapses_learn_the_deltas_of_the_layers_they_mirror():
+    """The Kolen-Pollack chain (rule kp): each conv synapse's delta is exactly its forward
     layer's kernel delta, the head's pool synapse gets the head's delta transposed, and the
     identity shortcut has no synapse parameters."""
     with jax.enable_x64(True):
         model, variables, graph, _, x, labels = mirror_oracle(18, "cifar")
         params = variables["params"]
-        rule = rules.rec_lra(wiring=Wiring(skip_source="mirror"), rescale=True)
+        rule = rules.kolen_pollack()
         signals = model.apply(variables, x, train=False)
         feedback = rule.init_feedback(jax.random.key(1), signals, params)
         assert "block_00_skip" not in feedback and "block_01_skip" in feedback
@@ -260,15 +265,15 @@ def test_mirror_synapses_learn_the_deltas_of_the_layers_they_mirror():
 
 
 def test_rescale_keeps_errors_from_shrinking_along_the_chain():
-    """Without rescale a unit's error is ~beta times its displacement, so on the mirror chain
+    """Without rescale a unit's error is ~beta times its displacement, so on kp's chain
     the stem's error is orders of magnitude below the last block's; with it they are the
     same order."""
     from rec_lra_jax import wiring  # noqa: PLC0415
 
     model, variables, _, x, labels = _setup(18, "cifar", rules.rec_lra())
     signals = model.apply(variables, x, train=False)
-    graph = wiring.build(Wiring(skip_source="mirror"), signals, variables["params"], None)
-    rule = rules.rec_lra(wiring=Wiring(skip_source="mirror"))
+    graph = wiring.build(Wiring("transpose"), signals, variables["params"], None)
+    rule = rules.kolen_pollack()
     feedback = rule.init_feedback(jax.random.key(1), signals, variables["params"])
     ratios = {}
     for rescale in (False, True):

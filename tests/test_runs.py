@@ -132,6 +132,9 @@ _OTHER = {
     "lra.depth": (1, 3), "lra.module_size": (3, 2), "lra.baseline_feedback_init": ("lecun", "he"),
     "lra.skip_source": ("channel", "dense"), "lra.bn_error": ("output", "jacobian"),
     "lra.weight_mirror": (5.0, 0.0), "optim.momentum": (0.5, 0.8),
+    "lra.module": ("stage", "block"), "lra.local_loss": ("mixed", "none"),
+    "lra.local_loss_grid": (2, 1), "lra.local_loss_hidden": (8, 0),
+    "lra.skip_learning": ("regress", "kp"),
     "optim.final_lr_frac": (0.5, 0.1),
 }
 

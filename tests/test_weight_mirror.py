@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from rec_lra_jax import conv, local, rules
-from rec_lra_jax.wiring import Wiring
 from tests.helpers import mirror_oracle, rule_deltas
 
 
@@ -22,8 +21,7 @@ def test_weight_mirror_starts_each_synapse_near_the_layer_it_mirrors():
         params = variables["params"]
         signals = model.apply(variables, x, train=False)
         for samples in (0.0, 100.0):
-            rule = rules.rec_lra(wiring=Wiring(skip_source="mirror"), beta=1e-7, rescale=True,
-                                 weight_mirror=samples)
+            rule = rules.kolen_pollack(beta=1e-7, weight_mirror=samples)
             feedback = rule.init_feedback(jax.random.key(1), signals, params)
             assert set(feedback) == set(oracle)
             errors = [float(jnp.linalg.norm(feedback[n] - o) / jnp.linalg.norm(o))

@@ -1,0 +1,199 @@
+"""Wirings as data: target hops, module="stage", block-local losses, regressed skips, and
+the Kolen-Pollack chain (rule kp) named for what it computes."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cifar10_resnet18
+from rec_lra_jax import builder, conv, local, resnet, rules, sweep
+from rec_lra_jax import wiring as wiring_lib
+from rec_lra_jax.config_schema import ConfigError
+from rec_lra_jax.wiring import Wiring
+from tests.helpers import rule_deltas, smoke_config, tied_feedback, tiny_mlp
+
+
+@functools.cache
+def _resnet(depth=18, stem="cifar", size=16, batch=4):
+    """A width-4 ResNet, its variables, signals, inputs and labels (cached: read only)."""
+    model = resnet.resnet(depth, num_classes=10, width=4, stem=stem)
+    x = jax.random.normal(jax.random.key(2), (batch, size, size, 3))
+    labels = jax.nn.one_hot(jnp.arange(batch) % 10, 10)
+    variables = model.init(jax.random.key(0), x, train=False)
+    signals = model.apply(variables, x, train=False)
+    return model, variables, signals, x, labels
+
+
+@pytest.mark.parametrize("wiring,hops", [
+    (Wiring(), 2),  # the paper's: block outputs from e_out, inner convs from the conv above
+    (Wiring(depth=1), 1),
+    (Wiring(depth=3), 3),
+    (Wiring(module="stage"), 5),  # 4 units per stage + the stem in stage 1
+    (Wiring(module="stage", local_loss="only", local_loss_grid=2), 5),
+    (Wiring(local_loss="only", local_loss_grid=2), 2),
+    # a hidden layer in the readout is one more hop: the stem, last in stage 1, is at 6
+    (Wiring(module="stage", local_loss="only", local_loss_grid=2, local_loss_hidden=8), 6),
+    (Wiring(skip_learning="regress"), 3),  # teachers one hop behind the targets
+    (Wiring(module="stage", skip_learning="regress"), 5),
+    (Wiring("transpose"), 17),  # backprop's: every weight layer below the head
+])
+def test_target_hops_on_resnet18(wiring, hops):
+    _, variables, signals, _, _ = _resnet()
+    graph = wiring_lib.build(wiring, signals, variables["params"], None)
+    assert wiring_lib.critical_path(graph) == hops
+
+
+def test_stage_module_chains_inside_stages_only():
+    """Stage ends (and the last block, through the head) read the output error; every other
+    unit reads the layers directly above it in its stage."""
+    _, variables, signals, _, _ = _resnet()
+    graph = wiring_lib.build(Wiring(module="stage"), signals, variables["params"], None)
+    from_output = {g.target for g in graph.synapses.values() if g.source == ("unit", "head")}
+    assert from_output == {"block_01", "block_03", "block_05", "block_07"}
+    hops = wiring_lib.hops(graph)
+    assert [hops[f"block_0{i}"] for i in range(8)] == [3, 1, 3, 1, 3, 1, 3, 1]
+    assert hops["stem"] == 5 and hops["head"] == 0
+    # The last block of a stage below a projection does not read the projection's synapse.
+    assert not any(g.target == "block_01" and g.kind == "conv" for g in graph.synapses.values())
+
+
+def test_stage_module_needs_skips_from_the_output():
+    _, variables, signals, _, _ = _resnet()
+    with pytest.raises(ValueError, match="module='stage'"):
+        wiring_lib.build(Wiring(module="stage", skip_source="head"), signals,
+                         variables["params"], None)
+    config = smoke_config(cifar10_resnet18, **{"lra.skip_source": "head",
+                                               "lra.module": "stage"})
+    with pytest.raises(ConfigError, match="lra.module='stage'"):
+        builder.validate(config)
+
+
+def test_kolen_pollack_is_not_rec_lra():
+    with pytest.raises(ValueError, match="kolen_pollack"):
+        rules.rec_lra(wiring=Wiring("transpose"))
+    config = smoke_config(cifar10_resnet18, **{"lra.skip_source": "mirror"})
+    with pytest.raises(ConfigError, match="rule 'kp'"):
+        builder.validate(config)
+
+
+def test_kolen_pollack_on_an_mlp_with_tied_synapses_is_backprop():
+    """The property docs/algorithm.md states: with synapses equal to the forward kernels'
+    transposes, errors rescaled by 1/beta and a small beta, kp's deltas are backprop's
+    gradient (the chain is backprop's path through W^T)."""
+    with jax.enable_x64(True):
+        model, params, x, labels = tiny_mlp(dtype=jnp.float64)
+        feedback = tied_feedback(params, (2, 3, 4))
+        deltas = rule_deltas(rules.kolen_pollack(beta=1e-7, activation="tanh"), model, params,
+                             feedback, x, labels)
+        grads = rule_deltas(rules.backprop(), model, params, {}, x, labels)
+        for delta, grad in zip(jax.tree.leaves(deltas["params"]),
+                               jax.tree.leaves(grads["params"]), strict=True):
+            np.testing.assert_allclose(delta, grad, rtol=0, atol=1e-6 * np.abs(grad).max())
+
+
+def test_local_loss_readout_and_its_synapse_stay_transposes():
+    """A block-local loss: the readout A and the pool synapse carrying its error back start
+    at zero and get transposed deltas, so under any optimizer that treats entries alike
+    (AdamW, SGD) the synapse stays A^T without reading it; the readout's delta is its own
+    cross-entropy's gradient."""
+    model, variables, signals, x, labels = _resnet()
+    rule = rules.rec_lra(wiring=Wiring(module="stage", local_loss="only", local_loss_grid=2),
+                         rescale=True)
+    fb = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    assert float(jnp.abs(fb["block_03_readout"]).max()) == 0 == float(jnp.abs(fb["block_03"]).max())
+    fb = dict(fb, block_03_readout=0.1 * jax.random.normal(jax.random.key(4),
+                                                           fb["block_03_readout"].shape))
+    trainables = {"params": variables["params"], "feedback": fb}
+    deltas, _ = rule.update(trainables, rule.init(trainables), trainables, signals=signals,
+                            labels=labels)
+    for b in ("block_01", "block_03", "block_05"):
+        np.testing.assert_allclose(deltas["feedback"][b], deltas["feedback"][f"{b}_readout"].T,
+                                   rtol=1e-5, atol=1e-8)
+    pooled = conv.grid_pool(signals["blocks"]["block_03"]["post"], 2)
+    grad = jax.grad(lambda a: rules.cross_entropy(pooled @ a, labels))(fb["block_03_readout"])
+    np.testing.assert_allclose(deltas["feedback"]["block_03_readout"], grad, rtol=1e-4,
+                               atol=1e-7)
+    assert float(jnp.abs(grad).max()) > 0
+
+
+def test_grid_pool_adjoint_is_its_transpose():
+    z = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    d = jax.random.normal(jax.random.key(1), (2, 2 * 2 * 3))
+    lhs = jnp.sum(conv.grid_pool(z, 2) * d)
+    rhs = jnp.sum(z * conv.grid_pool_adjoint(d, z.shape, 2))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
+    np.testing.assert_allclose(conv.grid_pool(z, 1), jnp.mean(z, axis=(1, 2)), rtol=1e-6)
+
+
+def test_regressed_skip_learns_to_predict_its_teacher():
+    """skip_learning="regress": a unit's teacher is what the layers above would carry to it
+    (through synapses shaped like them), never a target, and its skip synapse's delta is
+    the gradient of ||e_out E - teacher||^2 / 2B in E."""
+    _, variables, signals, _, labels = _resnet()
+    params = variables["params"]
+    wiring = Wiring(module="stage", skip_learning="regress")
+    graph = wiring_lib.build(wiring, signals, params, None)
+    assert graph.units["block_05"].teach == ("block_05_teach", "block_05_teach_skip")
+    assert "block_05_teach" not in wiring_lib.drives(graph.units["block_05"])
+    rule = rules.rec_lra(wiring=wiring, rescale=True, beta=0.05)
+    feedback = rule.init_feedback(jax.random.key(1), signals, params)
+    assert float(jnp.abs(feedback["block_05"]).max()) == 0  # predicts nothing at first
+    feedback = dict(feedback, block_05=0.01 * jax.random.normal(
+        jax.random.key(3), feedback["block_05"].shape))
+    errors = sweep.run(graph, signals, labels, feedback, beta=0.05, rescale=True)
+    e_out, teacher = errors.units["head"], errors.teachers["block_05"]
+    assert teacher.shape == signals["blocks"]["block_05"]["post"].shape
+    assert float(jnp.abs(teacher).max()) > 0
+    deltas = local.synapse_deltas(graph, signals, errors, feedback=feedback)
+    loss = lambda E: 0.5 * jnp.sum(
+        (sweep.carry(graph.synapses["block_05"], E, e_out, teacher.shape) - teacher) ** 2
+    ) / e_out.shape[0]
+    grad = jax.grad(loss)(feedback["block_05"])
+    np.testing.assert_allclose(deltas["block_05"], grad, rtol=1e-4,
+                               atol=1e-5 * float(jnp.abs(grad).max()))
+    # The teacher synapses learn like the layers they mirror (Kolen-Pollack).
+    np.testing.assert_allclose(
+        deltas["block_05_teach"],
+        local.correlate(graph.synapses["block_05_teach"], signals["blocks"]["block_05"]["post"],
+                        errors.sources["block_05_teach"], 1.0), rtol=1e-6)
+
+
+def test_regress_and_local_loss_configs_are_checked():
+    config = smoke_config(cifar10_resnet18, **{"lra.skip_learning": "regress",
+                                               "lra.local_loss": "only",
+                                               "lra.skip_source": "dense",
+                                               "lra.module": "stage"})
+    with pytest.raises(ConfigError, match="skip_learning='regress'"):
+        builder.validate(config)
+    config = smoke_config(cifar10_resnet18, **{"lra.local_loss": "mixed",
+                                               "lra.feedback_rule": "fixed"})
+    with pytest.raises(ConfigError, match="lra.local_loss needs learned synapses"):
+        builder.validate(config)
+
+
+def test_hidden_readout_keeps_its_synapses_transposed():
+    """A readout with a hidden layer: A is random and its pool synapse starts as A^T, A_out
+    and A_back start at zero; each pair gets transposed deltas, so they stay transposes."""
+    model, variables, signals, x, labels = _resnet()
+    rule = rules.rec_lra(wiring=Wiring(module="stage", local_loss="only", local_loss_grid=2,
+                                       local_loss_hidden=8), rescale=True)
+    fb = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    assert fb["block_03_readout"].shape == (2 * 2 * 8, 8)  # stage 2 of width 4: 8 channels
+    assert float(jnp.abs(fb["block_03_readout_out"]).max()) == 0
+    fb = {k: v + 0.05 * jax.random.normal(jax.random.key(9), v.shape) if k.endswith("_out")
+          else v for k, v in fb.items()}
+    fb.update({f"{b}_readout_back": fb[f"{b}_readout_out"].T
+               for b in ("block_01", "block_03", "block_05")})
+    trainables = {"params": variables["params"], "feedback": fb}
+    deltas, _ = rule.update(trainables, rule.init(trainables), trainables, signals=signals,
+                            labels=labels)
+    d = deltas["feedback"]
+    for b in ("block_01", "block_03", "block_05"):
+        np.testing.assert_allclose(fb[b], fb[f"{b}_readout"].T)
+        np.testing.assert_allclose(d[b], d[f"{b}_readout"].T, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(d[f"{b}_readout_back"], d[f"{b}_readout_out"].T,
+                                   rtol=1e-5, atol=1e-8)
+        assert float(jnp.abs(d[f"{b}_readout"]).max()) > 0
