@@ -4,7 +4,8 @@ r"""Certifies that a config's train step has no weight transport (rec_lra_jax.ce
   python -m experiments.certify --config=configs/resnet50.py --config.rule=bp
 
 Traces one train step on zero inputs (no dataset, no compilation) and exits 0 with the
-reasons when certified, 1 with the offending layer and operation when not.
+reasons when certified, 1 with the offending layer and operation when not. The first line
+names the rule's wiring and its target hops beside backprop's (docs/algorithm.md).
 """
 
 import sys
@@ -26,7 +27,9 @@ def main(argv):
     config = FLAGS.config
     builder.validate(config, overridden=shell.overridden())
     certificate = builder.certify_config(config)
-    print(f"rule={config.rule} model={config.model.name}")
+    hops, path = builder.target_hops(config), builder.target_hops(config, "bp")
+    print(f"rule={config.rule} model={config.model.name} wiring: "
+          f"{builder.describe_wiring(config)}; target hops {hops} (backprop's: {path})")
     print(certificate)
     sys.exit(0 if certificate.certified else 1)
 

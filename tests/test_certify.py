@@ -137,6 +137,8 @@ def test_certify_command_exit_codes():
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "CERTIFIED" in ok.stdout
+    # The MLP smoke: three hidden layers, modules of 2 (2 hops); backprop's path is 3 hops.
+    assert "target hops 2 (backprop's: 3)" in ok.stdout, ok.stdout
     bad = subprocess.run([sys.executable, "-m", "experiments.certify",
                           "--config=configs/fmnist_mlp.py:smoke", "--config.rule=bp"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
