@@ -127,6 +127,10 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.lra.local_loss = "none"
         config.lra.local_loss_grid = 1  # the readout pools to grid x grid cells
         config.lra.local_loss_hidden = 0  # 0: a linear readout; > 0: one ReLU hidden layer
+        # 0 | > 0: beside the readout, a 3x3 conv decoder reconstructs the input image
+        # (InfoPro's information-preserving term), its drive scaled to this times the
+        # readout's norm (a departure)
+        config.lra.local_loss_recon = 0.0
         # kp (the paper's) | regress: skip synapses from the output error regress their
         # displacement onto what the layers above would carry (a teacher beside the sweep;
         # a departure, docs/algorithm.md)

@@ -146,6 +146,7 @@ def create_wiring(config: ml_collections.ConfigDict, rule: str | None = None) ->
                       local_loss=lra.get("local_loss", "none"),
                       local_loss_grid=lra.get("local_loss_grid", 1),
                       local_loss_hidden=lra.get("local_loss_hidden", 0),
+                      local_loss_recon=lra.get("local_loss_recon", 0.0),
                       skip_learning=lra.get("skip_learning", "kp"),
                       skip_activity=lra.get("skip_activity", False))
     if rule == "lra_e":
@@ -174,6 +175,7 @@ def describe_wiring(config: ml_collections.ConfigDict, rule: str | None = None) 
     if w.local_loss != "none":
         name += f", local loss {w.local_loss} g{w.local_loss_grid}"
         name += f" h{w.local_loss_hidden}" if w.local_loss_hidden else ""
+        name += f" + recon {w.local_loss_recon:g}" if w.local_loss_recon else ""
     return name
 
 

@@ -201,6 +201,7 @@ RESNET = {
     "lra.local_loss": Key(choice(*wiring.LOCAL_LOSSES), rules("rec_lra")),
     "lra.local_loss_grid": Key(integer(1), rules("rec_lra")),
     "lra.local_loss_hidden": Key(integer(0), rules("rec_lra")),
+    "lra.local_loss_recon": Key(number(0), rules("rec_lra")),
     "lra.skip_learning": Key(choice(*wiring.SKIP_LEARNING), rules("rec_lra")),
     "lra.skip_activity": Key(BOOL, all_of(rules("rec_lra"), when("lra.skip_learning",
                                                                   "regress"))),
@@ -223,6 +224,7 @@ FAMILY_ONLY = {
     "lra.local_loss": "an MLP's units read the output error (block-local losses: ResNets)",
     "lra.local_loss_grid": "an MLP has no feature maps to pool",
     "lra.local_loss_hidden": "an MLP's units read the output error",
+    "lra.local_loss_recon": "an MLP's units read the output error",
     "lra.skip_learning": "an MLP's skip synapses learn by lra.feedback_rule",
     "lra.skip_activity": "an MLP's skips are plain matrices",
 }
@@ -335,6 +337,10 @@ def _combinations(flat: dict, family: str) -> list[str]:
             problems.append("lra.skip_learning='regress' trains skip synapses from the output "
                             "error: it needs lra.skip_source 'dense' or 'channel' and "
                             "lra.local_loss other than 'only'.")
+        if flat.get("lra.local_loss_recon", 0) and flat.get("lra.local_loss",
+                                                             "none") == "none":
+            problems.append("lra.local_loss_recon weights a term beside a block-local loss: "
+                            "set lra.local_loss to 'only' or 'mixed', or the weight to 0.")
         if flat.get("lra.local_loss", "none") != "none" and flat.get(
                 "lra.feedback_rule") == "fixed":
             problems.append("lra.local_loss needs learned synapses (its readouts learn with "

@@ -69,6 +69,21 @@ def grid_pool_adjoint(d: jax.Array, shape: tuple[int, ...], grid: int) -> jax.Ar
     return jnp.broadcast_to(cells, (b, grid, h // grid, grid, w // grid, c)).reshape(shape)
 
 
+def upsample(z: jax.Array, factor: int) -> jax.Array:
+    """Nearest upsampling of (B, H, W, C) by an integer factor."""
+    if factor == 1:
+        return z
+    return jnp.repeat(jnp.repeat(z, factor, axis=1), factor, axis=2)
+
+
+def upsample_adjoint(d: jax.Array, factor: int) -> jax.Array:
+    """Transpose of `upsample`: sums each factor x factor window."""
+    if factor == 1:
+        return d
+    b, h, w, c = d.shape
+    return d.reshape(b, h // factor, factor, w // factor, factor, c).sum(axis=(2, 4))
+
+
 def bn_affine_deltas(e: jax.Array, xhat: jax.Array) -> dict[str, jax.Array]:
     """Local BatchNorm-affine deltas: d_scale = sum(e * x_hat) / B, d_bias = sum(e) / B.
 

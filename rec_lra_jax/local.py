@@ -103,13 +103,14 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
         raise ValueError(f"Unknown feedback rule {rule!r}; choose one of {FEEDBACK_RULES}.")
     out = {}
     regressed = {s: u for u, unit in graph.units.items() if unit.teach
-                 for s in drives(unit) if graph.synapses[s].source[1] not in graph.readouts}
+                 for s in drives(unit) if graph.synapses[s].source[1] not in graph.readouts
+                 and graph.synapses[s].kind != "upconv"}
     residuals = {}
     for s, u in regressed.items():
         residuals[u] = residuals.get(u, -errors.teachers[u]) + errors.displacements[s]
     for name, synapse in graph.synapses.items():
-        if synapse.kind == "identity":
-            continue  # no parameters
+        if synapse.kind in ("identity", "upconv"):
+            continue  # no parameters; a decoder's synapse: below
         if name in regressed and rule != "fixed":
             out[name] = regress(synapse, feedback[name], errors.sources[name],
                                 residuals[regressed[name]], gamma,
@@ -130,6 +131,13 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
             e, hidden = errors.readouts[name]
             out[f"{name}_out"] = hidden.T @ e / batch
             out[f"{name}_back"] = gamma * e.T @ hidden / batch
+    for name, decoder in graph.decoders.items():  # a decoder learns its reconstruction
+        z = conv.upsample(get(signals, decoder.reads), decoder.factor)
+        out[name] = conv.kernel_delta(z, errors.units[name], decoder.shape, padding=1)
+    for name, synapse in graph.synapses.items():  # its synapse: the same delta (KP)
+        if synapse.kind == "upconv":
+            delta = out[synapse.source[1]]
+            out[name] = jnp.zeros(synapse.shape) if rule == "fixed" else gamma * delta
     return out
 
 
@@ -158,11 +166,16 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
         out[f"{name}_out"] = jnp.zeros((r.shape[1], r.classes))
         out[f"{name}_back"] = jnp.zeros((r.classes, r.shape[1]))
     regressed = {s for unit in graph.units.values() if unit.teach for s in drives(unit)}
+    for name, decoder in graph.decoders.items():  # D and its synapse start at zero
+        out[name] = jnp.zeros(decoder.shape)
     for name, synapse in graph.synapses.items():
         if synapse.kind == "identity":
             continue  # no parameters
         shape = synapse.shape
         readout = graph.readouts.get(synapse.source[1])
+        if synapse.kind == "upconv":
+            out[name] = jnp.zeros(shape)
+            continue
         if readout is not None and readout.classes:
             out[name] = out[readout.name].T
             continue

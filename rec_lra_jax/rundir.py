@@ -27,7 +27,8 @@ FREE_KEYS = frozenset({
 # config without the key matches a config holding that value.
 ADDED_KEYS = {"model.init_scale": 1.0, "lra.weight_mirror": 0.0, "lra.module": "block",
               "lra.local_loss": "none", "lra.local_loss_grid": 1,
-              "lra.local_loss_hidden": 0, "lra.skip_learning": "kp",
+              "lra.local_loss_hidden": 0, "lra.local_loss_recon": 0.0,
+              "lra.skip_learning": "kp",
               "lra.skip_activity": False}
 
 

@@ -96,6 +96,11 @@ def carry(synapse: Synapse, E: jax.Array, e: jax.Array, shape: tuple[int, ...],
     if synapse.kind == "conv":
         strides, padding = synapse.geometry
         return conv.transpose_displacement(e, E, shape, strides=strides, padding=padding)
+    if synapse.kind == "upconv":
+        factor, padding = synapse.geometry
+        up = (shape[0], shape[1] * factor, shape[2] * factor, shape[3])
+        return conv.upsample_adjoint(
+            conv.transpose_displacement(e, E, up, padding=padding), factor)
     raise ValueError(f"Unknown synapse kind {synapse.kind!r}.")
 
 
@@ -113,6 +118,13 @@ def readout_error(readout, signals: dict, labels: jax.Array, feedback: dict,
     e = error_units(jax.nn.softmax(hidden @ feedback[f"{readout.name}_out"]) - labels,
                     error_unit, alpha)
     return (pre > 0) * (e @ feedback[f"{readout.name}_back"]), e, hidden
+
+
+def decoder_error(decoder, signals: dict, feedback: dict) -> jax.Array:
+    """A decoder's error x_hat - x, x_hat = conv3x3(upsample(z), D): its reconstruction of
+    the input from the unit's activity (`Wiring.local_loss_recon`)."""
+    z = conv.upsample(get(signals, decoder.reads), decoder.factor)
+    return conv.conv(z, feedback[decoder.name], padding=1) - get(signals, decoder.target)
 
 
 def _max_pool_adjoint(z: jax.Array, d: jax.Array, pool: tuple[int, int, int]) -> jax.Array:
@@ -147,6 +159,8 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
                                                output_error_unit or error_unit, alpha_skip)
         if hidden is not None:
             readouts[name] = (e, hidden)
+    for name, decoder in graph.decoders.items():  # reconstructions' errors
+        units[name] = decoder_error(decoder, signals, feedback)
 
     def layer_error(name: str) -> jax.Array:
         layer = graph.layers[name]
@@ -157,14 +171,20 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
         if name in units:
             return units[name]
         unit = graph.units[name]
-        d = 0.0
+        d, recon = 0.0, 0.0
         for synapse in (graph.synapses[s] for s in drives(unit)):
             kind, source = synapse.source
             e_src = unit_error(source) if kind == "unit" else layer_error(source)
             z_s = get(signals, synapse.reads)
             d_s = carry(synapse, feedback.get(synapse.name), e_src, z_s.shape, z_s)
             sources[synapse.name], displacements[synapse.name] = e_src, d_s
-            d = d + d_s
+            if synapse.kind == "upconv":  # scaled against the unit's other drive below
+                weight = graph.decoders[source].weight
+                recon = recon + weight * d_s / (jnp.linalg.norm(d_s) + 1e-12)
+            else:
+                d = d + d_s
+        if not isinstance(recon, float):
+            d = d + jnp.linalg.norm(d) * recon
         z, pre = get(signals, unit.post), get(signals, unit.pre)
         if unit.pool is not None:
             d = _max_pool_adjoint(z, d, unit.pool)

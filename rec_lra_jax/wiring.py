@@ -16,7 +16,8 @@ Synapse kinds (docs/algorithm.md, "Error synapses"): "dense" (a matrix from the 
 error to the flattened activity), "channel" (a matrix to channels, broadcast over space),
 "pool" (to channels through the adjoint of global average pooling), "conv" (a
 conv-transpose with a kernel shaped like the forward kernel it stands in for) and
-"identity" (no parameters: the error as it is, the adjoint of an identity shortcut).
+"identity" (no parameters: the error as it is, the adjoint of an identity shortcut) and
+"upconv" (a conv-transpose then the adjoint of nearest upsampling: a decoder's synapse).
 
 A `Wiring` is the user's choice ("recursive", "adjacent" or "direct" sources plus their
 options); `build(wiring, signals, params)` turns it into a `Graph` with the builder of the
@@ -73,6 +74,12 @@ class Wiring:
         map g does not divide, the largest divisor of g that divides it).
       local_loss_hidden: 0 (a linear readout) or the width of one ReLU hidden layer in it
         (a richer local loss, one hop more: Belilovsky et al.'s auxiliary MLPs).
+      local_loss_recon: 0 or the weight of a reconstruction term beside the readout (an
+        information-preserving local loss, InfoPro, Wang et al. 2021): a decoder D, one
+        3x3 conv from the unit's map upsampled (nearest) to the input's size, predicts the
+        input image; its error x_hat - x is carried back by a Kolen-Pollack "upconv"
+        synapse, and that displacement is scaled to `local_loss_recon` times the norm of
+        the unit's other drive (batch Frobenius norms). Same hops as the readout.
       skip_learning: residual nets, how a skip synapse from the output error learns: "kp"
         (the paper's Kolen-Pollack rule, dE = gamma corr(z_u, e_out)) or "regress" (a
         departure: its displacement e_out E is regressed onto the teacher, the displacement
@@ -94,6 +101,7 @@ class Wiring:
     local_loss: str = "none"
     local_loss_grid: int = 1
     local_loss_hidden: int = 0
+    local_loss_recon: float = 0.0
     skip_learning: str = "kp"
     skip_activity: bool = False
 
@@ -121,6 +129,12 @@ class Wiring:
         if not (isinstance(self.local_loss_hidden, int) and self.local_loss_hidden >= 0):
             raise ValueError(f"local_loss_hidden must be an integer >= 0, got "
                              f"{self.local_loss_hidden!r}.")
+        if not (isinstance(self.local_loss_recon, int | float) and self.local_loss_recon >= 0):
+            raise ValueError(f"local_loss_recon must be a number >= 0, got "
+                             f"{self.local_loss_recon!r}.")
+        if self.local_loss_recon and self.local_loss == "none":
+            raise ValueError("local_loss_recon weights a term beside a local loss: set "
+                             "local_loss to 'only' or 'mixed'.")
         if not (isinstance(self.local_loss_grid, int) and self.local_loss_grid >= 1):
             raise ValueError(f"local_loss_grid must be an integer >= 1, got "
                              f"{self.local_loss_grid!r}.")
@@ -176,12 +190,27 @@ class Readout(NamedTuple):
     classes: int = 0  # with a hidden layer: A_out (hidden, classes), A_back (classes, hidden)
 
 
+class Decoder(NamedTuple):
+    """A unit's reconstruction of the input (`Wiring.local_loss_recon`): x_hat =
+    conv3x3(upsample_f(z), D), error x_hat - x. D is a learned feedback entry, never a
+    forward weight; its "upconv" synapse carries the error back, scaled to `weight` times
+    the norm of the unit's other drive."""
+
+    name: str  # feedback key of D
+    reads: Path  # the activity z it reads
+    target: Path  # the input image x
+    factor: int  # nearest upsampling of z to x's size
+    shape: tuple[int, int, int, int]  # D: (3, 3, channels, image channels)
+    weight: float
+
+
 class Graph(NamedTuple):
     units: dict[str, Unit]
     layers: dict[str, Layer]
     synapses: dict[str, Synapse]
     feedback_init: str  # the family's default init scheme for the synapses
     readouts: dict[str, Readout] = {}  # noqa: RUF012 - never mutated
+    decoders: dict[str, Decoder] = {}  # noqa: RUF012 - never mutated
 
 
 def drives(unit: Unit) -> tuple[str, ...]:
@@ -196,6 +225,7 @@ def hops(graph: Graph) -> dict[str, int]:
     that exists once the forward pass is done (the output's, a readout's) to the unit's
     error. Units with the same count can be computed side by side."""
     out = {name: int(r.classes > 0) for name, r in graph.readouts.items()}
+    out.update({name: 0 for name in graph.decoders})
 
     def unit_hops(name: str) -> int:
         if name not in out:
@@ -397,7 +427,7 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
                              affine=("bn",) if "bn" in params[name] else None,
                              geometry=_conv_geometry(signals, path, kernel[0]))
 
-    readouts = {}
+    readouts, decoders = {}, {}
 
     def from_output(name, target, reads, kind=None):
         """A skip from the output error (and/or the unit's own readout); returns the drive."""
@@ -424,6 +454,16 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         synapses[local] = Synapse(local, "pool", ("unit", readout), target, reads,
                                   (hidden or classes, features), (grid, 0))
         drive.append(local)
+        if wiring.local_loss_recon:
+            image = shape_of(signals, ("stem", "input"))
+            decoder = f"{name}_decoder"
+            decoders[decoder] = Decoder(decoder, reads, ("stem", "input"), image[1] // u[1],
+                                        (3, 3, u[-1], image[-1]), wiring.local_loss_recon)
+            synapses[f"{name}_recon"] = Synapse(f"{name}_recon", "upconv",
+                                                ("unit", decoder), target, reads,
+                                                decoders[decoder].shape,
+                                                (image[1] // u[1], 1))
+            drive.append(f"{name}_recon")
         return drive[0] if len(drive) == 1 else tuple(drive)
 
     def mirror_conv(name, target, reads, block, conv):
@@ -513,7 +553,8 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
                          pool=(3, 2, 1) if "pooled" in stem else None, teach=teach)
     conv_layer("stem", ("stem",), "stem")
     synapses = {n: s._replace(init_index=i) for i, (n, s) in enumerate(sorted(synapses.items()))}
-    return Graph(units, layers, synapses, feedback_init="he", readouts=readouts)
+    return Graph(units, layers, synapses, feedback_init="he", readouts=readouts,
+                 decoders=decoders)
 
 
 def _stage_ends(signals: dict, blocks: list[str]) -> set[str]:

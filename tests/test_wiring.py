@@ -197,3 +197,46 @@ def test_hidden_readout_keeps_its_synapses_transposed():
         np.testing.assert_allclose(d[f"{b}_readout_back"], d[f"{b}_readout_out"].T,
                                    rtol=1e-5, atol=1e-8)
         assert float(jnp.abs(d[f"{b}_readout"]).max()) > 0
+
+
+def test_reconstruction_decoder_is_a_local_loss_with_a_kolen_pollack_synapse():
+    """local_loss_recon: each stage end's decoder D (3x3 conv of its map, upsampled to the
+    input's size) learns the gradient of ||x_hat - x||^2 / 2B; its "upconv" synapse gets the
+    same delta and carries the error back as the exact adjoint of z -> conv(upsample(z), E);
+    the unit's drive is the readout's plus that displacement scaled to weight x its norm."""
+    _, variables, signals, x, labels = _resnet()
+    wiring = Wiring(module="stage", local_loss="only", local_loss_grid=2, local_loss_recon=0.5)
+    graph = wiring_lib.build(wiring, signals, variables["params"], None)
+    assert wiring_lib.critical_path(graph) == 5  # same hops as the readout alone
+    decoder = graph.decoders["block_03_decoder"]
+    assert decoder.factor == 2 and decoder.shape == (3, 3, 8, 3)  # 8x8 map of a 16x16 input
+    assert wiring_lib.drives(graph.units["block_03"]) == ("block_03", "block_03_recon")
+    rule = rules.rec_lra(wiring=wiring, rescale=True)
+    fb = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    assert float(jnp.abs(fb["block_03_decoder"]).max()) == 0 == float(
+        jnp.abs(fb["block_03_recon"]).max())
+    D = 0.1 * jax.random.normal(jax.random.key(5), decoder.shape)
+    A = 0.1 * jax.random.normal(jax.random.key(6), fb["block_03_readout"].shape)
+    fb = dict(fb, block_03_decoder=D, block_03_recon=D, block_03_readout=A, block_03=A.T)
+    errors = sweep.run(graph, signals, labels, fb, beta=0.05, rescale=True)
+    z = signals["blocks"]["block_03"]["post"]
+    decode = lambda z_, k: conv.conv(conv.upsample(z_, 2), k, padding=1)
+    e_x = decode(z, D) - x
+    np.testing.assert_allclose(errors.units["block_03_decoder"], e_x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(errors.displacements["block_03_recon"],
+                               jax.vjp(lambda z_: decode(z_, D), z)[1](e_x)[0],
+                               rtol=1e-4, atol=1e-5)
+    deltas = local.synapse_deltas(graph, signals, errors, feedback=fb)
+    grad = jax.grad(lambda k: 0.5 * jnp.sum((decode(z, k) - x) ** 2) / x.shape[0])(D)
+    np.testing.assert_allclose(deltas["block_03_decoder"], grad, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(deltas["block_03_recon"], grad, rtol=1e-4, atol=1e-6)
+    # The drive: d_readout + 0.5 |d_readout| d_recon / |d_recon|, through the target.
+    d_read, d_rec = errors.displacements["block_03"], errors.displacements["block_03_recon"]
+    d = d_read + 0.5 * jnp.linalg.norm(d_read) * d_rec / jnp.linalg.norm(d_rec)
+    pre = signals["blocks"]["block_03"]["pre"]
+    expected = (z - jax.nn.relu(pre - 0.05 * d)) / 0.05
+    np.testing.assert_allclose(errors.units["block_03"], expected, rtol=1e-4, atol=1e-5)
+    config = smoke_config(cifar10_resnet18, **{"lra.local_loss": "none",
+                                               "lra.local_loss_recon": 1.0})
+    with pytest.raises(ConfigError, match="local_loss_recon"):
+        builder.validate(config)
