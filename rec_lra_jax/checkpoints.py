@@ -8,8 +8,11 @@ resumed run replacing a best checkpoint of the epoch it is passing again deletes
 one just before it saves the new one; `Checkpoints.save`).
 """
 
+import contextlib
 import errno
 import os
+import sys
+import tempfile
 from typing import Any
 
 import jax
@@ -60,6 +63,9 @@ class Checkpoints:
     def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
         return restore_latest(self.latest, template)
 
+    def best_step(self) -> int | None:
+        return self.best.latest_step()
+
     def close(self) -> None:
         self.latest.close()
         self.best.close()
@@ -72,6 +78,13 @@ def _cause(e: BaseException) -> BaseException:
     return e
 
 
+def _why(e: BaseException) -> str:
+    """'Type: message' of the innermost cause, on one line, at most 300 characters."""
+    cause = _cause(e)
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
 def _no_space(e: BaseException) -> bool:
     chain = [e]
     while chain[-1].__cause__ or chain[-1].__context__:
@@ -80,13 +93,36 @@ def _no_space(e: BaseException) -> bool:
                or "No space left" in str(x) for x in chain)
 
 
+@contextlib.contextmanager
+def _held_stderr():
+    """Holds what is written to file descriptor 2 and passes it on only if the block ends
+    without an error: when a write fails (a full disk), orbax's and TensorStore's worker
+    threads print tracebacks of their own around the one-line CheckpointError."""
+    sys.stderr.flush()
+    original = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(original, 2)
+            os.close(original)
+            if not failed:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    os.write(2, text)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
     """Saves `state` and `meta` at `step`; a failure leaves the earlier checkpoints intact."""
     previous = mngr.latest_step()
     try:
-        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                meta=ocp.args.JsonSave(meta)), force=True)
-        mngr.wait_until_finished()
+        with _held_stderr():
+            _save(mngr, step, state, meta)
     except Exception as e:  # orbax and TensorStore raise many types
         kept = (f"the previous checkpoint (step {previous}) is intact" if previous is not None
                 else "there was no earlier checkpoint")
@@ -94,9 +130,14 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None
             raise CheckpointError(f"No space left on device while saving step {step} in "
                                   f"{mngr.directory}; {kept}. Free space and re-run the same "
                                   f"command to resume.") from None
-        cause = _cause(e)
         raise CheckpointError(f"Could not save step {step} in {mngr.directory} "
-                              f"({type(cause).__name__}: {str(cause)[:300]}); {kept}.") from None
+                              f"({_why(e)}); {kept}.") from None
+
+
+def _save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.wait_until_finished()
 
 
 def tree_name(path) -> str:
@@ -129,6 +170,32 @@ def _shape_mismatches(mngr: ocp.CheckpointManager, step: int, template: Any) -> 
     return out
 
 
+def latest_step(directory: str) -> int | None:
+    """The newest finished checkpoint's step under `directory` (None if none)."""
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+    return max(steps) if steps else None
+
+
+def read_meta(directory: str) -> dict | None:
+    """The JSON record of the newest checkpoint under `directory` (None if there is none or
+    it cannot be read), without touching its arrays."""
+    if not os.path.isdir(directory) or not any(d.isdigit() for d in os.listdir(directory)):
+        return None
+    mngr = manager(directory)
+    try:
+        step = mngr.latest_step()
+        if step is None:
+            return None
+        return dict(mngr.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"])
+    except Exception:  # unreadable: the restore itself reports it
+        return None
+    finally:
+        mngr.close()
+
+
 def restore_latest(mngr: ocp.CheckpointManager, template: Any) -> tuple[Any, dict] | None:
     """Restores the newest checkpoint into `template`'s structure, or None if there is none.
 
@@ -146,13 +213,13 @@ def restore_latest(mngr: ocp.CheckpointManager, template: Any) -> tuple[Any, dic
             f"The checkpoint at step {step} in {mngr.directory} was made for another model: "
             f"{listed}. It was left in place; use a fresh --workdir for this config.")
     try:
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+        with _held_stderr():
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types for unreadable data
-        cause = _cause(e)
         raise CheckpointError(
             f"Checkpoint at step {step} in {mngr.directory} cannot be restored "
-            f"({type(cause).__name__}: {str(cause)[:300]}). It was left in place; move it "
-            f"aside to restart from an earlier checkpoint, or use a fresh --workdir.") from None
+            f"({_why(e)}). It was left in place; move it aside to restart from an earlier "
+            f"checkpoint, or use a fresh --workdir.") from None
     logging.info("Restored checkpoint at step %d from %s.", step, mngr.directory)
     return restored["state"], dict(restored["meta"])

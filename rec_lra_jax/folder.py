@@ -68,7 +68,7 @@ def scan(directory: str) -> tuple[dict[str, FileRecords], tuple[str, ...]]:
 
     Raises:
       DataError: no such directory, no train/ or test/ (val/) folder, a class folder with
-        no images, or class sets that differ between the splits.
+        no images, fewer than two classes, or class sets that differ between the splits.
     """
     if not os.path.isdir(directory):
         raise DataError(f"Data directory {directory!r} does not exist.")
@@ -85,6 +85,10 @@ def scan(directory: str) -> tuple[dict[str, FileRecords], tuple[str, ...]]:
             f"{sorted(set(train) - set(test))}, only in {os.path.basename(test_dir)}: "
             f"{sorted(set(test) - set(train))}.")
     classes = tuple(sorted(train))
+    if len(classes) < 2:
+        raise DataError(f"{train_dir} holds {len(classes)} class folder(s) {list(classes)}: a "
+                        f"classifier needs at least two (train/<class>/*, one folder per "
+                        f"class).")
     splits = {}
     for split, files_by_class in (("train", train), ("test", test)):
         files = [f for c in classes for f in files_by_class[c]]
@@ -143,7 +147,8 @@ def load_arrays(directory: str, shape, *, threads: int = 0,
     """{"train", "test"} -> (uint8 images at `shape`, int32 labels) and the class names.
 
     The decoded arrays are cached in `cache_dir` (default ~/.cache/rec_lra_jax); a cache
-    that cannot be written only costs the decoding next time.
+    that cannot be written only costs the decoding next time, and one that cannot be read
+    (truncated, damaged) is rebuilt with a warning.
     """
     records, classes = scan(directory)
     cache_dir = os.path.expanduser(cache_dir or default_cache_dir())
@@ -152,10 +157,16 @@ def load_arrays(directory: str, shape, *, threads: int = 0,
         try:
             with np.load(path) as cached:
                 raw = {s: (cached[f"{s}_images"], cached[f"{s}_labels"]) for s in records}
+            for s, (images, labels) in raw.items():
+                if (images.shape != (len(records[s]), *shape) or labels.shape
+                        != (len(records[s]),) or not np.array_equal(labels, records[s].labels)):
+                    raise ValueError(f"its {s} arrays do not match the {len(records[s])} "
+                                     f"images of {directory}")
             logging.info("Loaded the decoded images of %s from the cache %s.", directory, path)
             return raw, classes
-        except (OSError, ValueError, KeyError) as e:
-            logging.warning("Ignoring the unreadable cache %s (%s).", path, e)
+        except Exception as e:  # noqa: BLE001 (a truncated .npz raises zipfile, EOF, OS errors)
+            logging.warning("The image cache %s is unreadable (%s: %s); decoding the images "
+                            "again and rebuilding it.", path, type(e).__name__, e)
     raw = {s: (decode_all(r, shape, threads=threads), r.labels) for s, r in records.items()}
     _write_cache(path, raw)
     return raw, classes

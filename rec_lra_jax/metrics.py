@@ -57,21 +57,42 @@ class MetricsWriter:
             self.tb.close()
 
 
+def _records(path: str) -> list[tuple[str, dict]]:
+    """(line, record) of each readable line of `path`; an unreadable line (a crash cut the
+    last one short, or it was damaged) is left out with a warning."""
+    out, bad = [], 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("not an epoch record")
+            except ValueError:
+                bad += 1
+                continue
+            out.append((line if line.endswith("\n") else line + "\n", record))
+    if bad:
+        logging.warning("%s: left out %d unreadable line(s) (cut short by a crash?).", path, bad)
+    return out
+
+
 def trim_jsonl(path: str, max_step: int) -> None:
-    """Keeps the records of `path` with step <= max_step (those a checkpoint covers)."""
+    """Keeps the records of `path` with step <= max_step (those a checkpoint covers) and
+    drops unreadable lines (a partial last line after a crash)."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        records = [line for line in f if line.strip() and json.loads(line)["step"] <= max_step]
+    records = [line for line, record in _records(path) if record["step"] <= max_step]
     with open(path, "w") as f:
         f.writelines(records)
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The readable records of a metrics.jsonl (none if it does not exist)."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [record for _, record in _records(path)]
 
 
 class EpochAverages:

@@ -205,7 +205,8 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
 
     Raises:
       DataError naming the file and the problem: no copy found, corrupt files, a label
-      outside [0, classes), train and test images of different shapes, a bad folder tree.
+      outside [0, classes), a class with no examples in train or test, train and test
+      images of different shapes, a bad folder tree.
     """
     if dataset not in DATASETS:
         raise ValueError(f"Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}.")
@@ -236,6 +237,8 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
     for split, (x, y) in raw.items():
         images[split] = x[..., None] if x.ndim == 3 else x
         _check_labels(y, classes, where[split][1])
+        if origin != "synthetic" and split in ("train", "test"):
+            _check_classes(y, classes, split, where[split][1])
     _check_shapes(images, info, {s: w[0] for s, w in where.items()})
     if "val" not in raw:  # the paper's split: the last val_size training examples
         n = len(raw["train"][1])
@@ -347,6 +350,18 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     if bad.size:
         raise DataError(f"{where}: label {int(labels[bad[0]])} at index {bad[0]} is outside "
                         f"[0, {num_classes}) ({bad.size} bad labels in all).")
+
+
+def _check_classes(labels: np.ndarray, num_classes: int, split: str, where: str) -> None:
+    """Every class has examples in the split (a one-class copy trains a model that cannot
+    be wrong; a class missing from test is never measured)."""
+    found = np.unique(labels)
+    if num_classes < 2 or len(found) < num_classes:
+        missing = sorted(set(range(num_classes)) - {int(c) for c in found})
+        raise DataError(f"{where}: the {split} split has examples of classes "
+                        f"{[int(c) for c in found]} only; classes {missing} have none (a "
+                        f"classifier needs all {num_classes} classes in train and test, and "
+                        f"at least two).")
 
 
 def _check_shapes(images: dict, info: DatasetInfo, where: dict) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -58,6 +59,38 @@ def all_finite(tree) -> jax.Array:
     """Whether every element of every leaf is finite (one boolean)."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+# A state whose parameters, synapses or BatchNorm statistics reach this magnitude is
+# exploding even while finite (float32 overflows near 3e38): never saved, never called good.
+HEALTHY_LIMIT = 1e8
+
+
+def healthy(state) -> jax.Array:
+    """Whether a train state is good to keep (one boolean): everything it holds is finite
+    (params, synapses, BatchNorm statistics, optimizer state) and its params, synapses and
+    statistics are below HEALTHY_LIMIT in magnitude."""
+    sized = [jnp.all(jnp.abs(x) < HEALTHY_LIMIT)
+             for x in jax.tree.leaves((state.params, state.feedback, state.batch_stats))
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return all_finite((state.params, state.feedback, state.batch_stats, state.opt_state)) & (
+        jnp.all(jnp.stack(sized)) if sized else jnp.array(True))
+
+
+def unhealthy_leaves(state) -> list[tuple[Any, str]]:
+    """(path, "non-finite" | "exploding") of every leaf `healthy` rejects (host-side)."""
+    out = []
+    tree = {"params": state.params, "feedback": state.feedback,
+            "batch_stats": state.batch_stats, "opt_state": state.opt_state}
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        x = np.asarray(jax.device_get(x))
+        if not np.issubdtype(x.dtype, np.inexact):
+            continue
+        if not np.isfinite(x).all():
+            out.append((path, "non-finite"))
+        elif path[0].key != "opt_state" and np.abs(x).max(initial=0) >= HEALTHY_LIMIT:
+            out.append((path, "exploding"))
+    return out
 
 
 def forward(model, params, feedback, batch_stats, images, *, autodiff: bool = False):
@@ -119,7 +152,9 @@ def train_step(
     `tx` starts with the rule (`rules.Rule`), which gets the forward signals and one-hot
     labels as extra args (local rules) or the autodiff gradient as its incoming updates
     (rule.autodiff). metrics["finite"] says whether the loss is finite (`train_steps` adds
-    the parameters).
+    the state's health). A step whose loss or new BatchNorm statistics are non-finite keeps
+    the old statistics (with on_nonfinite="skip" its update is skipped too, so a skipped
+    batch leaves no trace in the state).
     """
     if sharding is not None:
         images = jax.lax.with_sharding_constraint(images, sharding)
@@ -140,6 +175,10 @@ def train_step(
                                    labels=onehot)
     trainables = optax.apply_updates(trainables, updates)
     loss = rules.cross_entropy(signals["logits"], onehot)
+    if batch_stats:
+        ok = jnp.isfinite(loss) & all_finite(batch_stats)
+        batch_stats = jax.tree.map(lambda new, old: jnp.where(ok, new, old), batch_stats,
+                                   state.batch_stats)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(signals["logits"], -1) == labels),
@@ -161,8 +200,8 @@ def train_steps(state: TrainState, data, batches, **step_kwargs
     loop: XLA:CPU runs convolutions inside a loop body about 10x slower than at top level
     (measured on a ResNet-18 step), so the ResNet configs use steps_per_call=1.
     metrics["finite"][k] says whether step k's loss is finite; metrics["state_finite"]
-    whether every parameter and synapse of the returned state is (checked once per call:
-    a non-finite parameter stays non-finite).
+    whether the returned state is good to keep (`healthy`: everything finite, nothing
+    exploding; checked once per call: a non-finite parameter stays non-finite).
     """
 
     def body(s, batch):
@@ -174,7 +213,7 @@ def train_steps(state: TrainState, data, batches, **step_kwargs
         metrics = jax.tree.map(lambda m: m[None], metrics)
     else:
         state, metrics = jax.lax.scan(body, state, batches)
-    metrics["state_finite"] = all_finite({"params": state.params, "feedback": state.feedback})
+    metrics["state_finite"] = healthy(state)
     return state, metrics
 
 

@@ -27,6 +27,10 @@ class NonFiniteError(RuntimeError):
     """The loss, a parameter or an update became NaN or infinite."""
 
 
+class Interrupted(RuntimeError):
+    """The run was stopped by Ctrl-C (KeyboardInterrupt); it resumes from its checkpoint."""
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overridden=(),
                        rules_run=None, allow_config_change: bool = False) -> dict:
     """Trains config.rule on config.dataset in `workdir`, resuming from its newest checkpoint.
@@ -44,14 +48,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
     builder.validate(config, rules_run=rules_run, overridden=overridden)
     plan = builder.create_plan(config)
     workdir = builder.expand(workdir)
+    rundir.check_workdir(workdir)
     primary = jax.process_index() == 0
-    has_checkpoint = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
-        d.isdigit() for d in os.listdir(os.path.join(workdir, "checkpoints")))
-    saved = rundir.check_config(workdir, plan.config, has_checkpoint=has_checkpoint,
-                                allow_change=allow_config_change)
+    has_checkpoint, has_best = (
+        os.path.isdir(os.path.join(workdir, d)) and any(
+            s.isdigit() for s in os.listdir(os.path.join(workdir, d)))
+        for d in ("checkpoints", "best"))
+    record = rundir.read_record(workdir)
+    history = (rundir.history_of(checkpoints.read_meta(os.path.join(workdir, "checkpoints")),
+                                 record) if has_checkpoint else None)
+    best_history = (rundir.history_of(checkpoints.read_meta(os.path.join(workdir, "best")),
+                                      record) if has_best and not has_checkpoint else None)
+    changes = rundir.check_config(workdir, plan.config, history=history,
+                                  has_checkpoint=has_checkpoint, best_history=best_history,
+                                  has_best=has_best, allow_change=allow_config_change)
     results = rundir.read_results(workdir)
-    if saved is not None and results is not None and not rundir.config_changes(
-            saved, plan.config) and results.get("epochs") == plan.num_epochs:
+    if (has_checkpoint and not changes and record is not None and results is not None
+            and results.get("epochs") == plan.num_epochs):
         logging.info("%s already holds this finished run; its results: %s", workdir, results)
         return results
     data = builder.create_data(config, shard=(jax.process_index(), jax.process_count()))
@@ -78,8 +91,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
                builder.learning_rate(config, total_steps),
                builder.create_cosine_fn(config, setup, data.num_classes, data.normalization)
                if plan.cosine else None,
-               rundir.config_changes(saved, plan.config) if saved is not None else [])
-    results = run.train(resolved)
+               changes, history)
+    try:
+        results = run.train(resolved)
+    except KeyboardInterrupt:
+        last = checkpoints.latest_step(os.path.join(workdir, "checkpoints"))
+        raise Interrupted(
+            f"Interrupted at step {run.step}" + (f"; the last checkpoint is step {last} in "
+                                                 f"{workdir}" if last is not None else
+                                                 "; no checkpoint had been written yet")
+            + "; re-run the same command to resume.") from None
     results["model"] = builder.describe_model(config, data.image_shape, data.num_classes)
     if primary:
         rundir.write_json(os.path.join(workdir, "results.json"), results)
@@ -91,11 +112,13 @@ class _Run:
     """One run's loop state; `train()` runs it to the end."""
 
     def __init__(self, plan, data, setup, workdir, every, total_steps, steps_per_epoch,
-                 sharding, lr_schedule, cosine_fn, config_changes):
+                 sharding, lr_schedule, cosine_fn, config_changes, history):
         self.plan, self.data, self.setup, self.workdir = plan, data, setup, workdir
         self.every, self.total, self.per_epoch = every, total_steps, steps_per_epoch
         self.lr, self.cosine_fn, self.sharding = lr_schedule, cosine_fn, sharding
-        self.config_changes = config_changes  # from the workdir's config.json, if allowed
+        self.config_changes = config_changes  # from what trained the workdir, if allowed
+        self.history = history  # what trained the newest checkpoint (rundir.history_of)
+        self.step = 0  # the last step trained (for an interrupt's message)
         mesh = sharding.mesh if sharding is not None else None
         self.replicated = NamedSharding(mesh, P()) if mesh is not None else jax.devices()[0]
         self.stacked = NamedSharding(mesh, P(None, "data")) if mesh is not None else None
@@ -124,9 +147,20 @@ class _Run:
                     f"{'; '.join(self.config_changes)}.") from None
             if restored is not None:
                 state, meta = restored
-            start = int(state.step)
+                bad = steps.unhealthy_leaves(state)
+                if bad:  # written before good meant good (or altered since)
+                    listed = ", ".join(f"{checkpoints.tree_name(p)} ({why})"
+                                       for p, why in bad[:4])
+                    raise checkpoints.CheckpointError(
+                        f"The newest checkpoint in {ckpt.latest.directory} (step "
+                        f"{ckpt.latest_step()}) holds unusable tensors: {listed}"
+                        f"{' ...' if len(bad) > 4 else ''}. Move that step's directory "
+                        f"aside to resume from an earlier one, or start in a new workdir.")
+            start = self.step = int(state.step)
+            history = self._history(restored is not None, start)
+            meta["history"] = history  # every checkpoint carries what trained it
             if jax.process_index() == 0:  # only now: a refused restore leaves it as it was
-                rundir.write_config(self.workdir, plan.config, resolved)
+                rundir.write_config(self.workdir, history, resolved)
             writer = metrics.MetricsWriter(self.workdir, start_step=start,
                                            enabled=jax.process_index() == 0)
             logging.info("Training %s on %s (%s): %d epochs x %d steps, resuming at step %d.",
@@ -148,12 +182,34 @@ class _Run:
             ckpt.close()
             if writer is not None:
                 writer.close()
-        return {"rule": plan.rule, "dataset": plan.dataset, "epochs": plan.num_epochs,
-                "steps": step, "seed": plan.seed, "test_accuracy": test["accuracy"],
+        # The model on disk: the epochs and steps it was trained for (fewer than num_epochs
+        # asks for, or more, when a changed config resumed a run past its end), and the
+        # config of the segment that trained it last.
+        trained = history[-1]["config"] or {}
+        epochs = step / self.per_epoch
+        extra = ({"history": rundir.describe_history(history)} if len(history) > 1 else {})
+        return {"rule": trained.get("rule"), "dataset": trained.get("dataset"),
+                "epochs": int(epochs) if epochs == int(epochs) else round(epochs, 3),
+                "steps": step, "seed": trained.get("seed"), **extra,
+                "test_accuracy": test["accuracy"],
                 "test_top5": test["top5"], "test_loss": test["loss"],
                 "best_val_accuracy": meta["best_val_accuracy"], "best_step": meta["best_step"],
                 "train_seconds": meta["train_seconds"], "data_source": data.origin,
                 "resumed_from_step": start}
+
+    def _history(self, resumed: bool, start: int) -> list[dict]:
+        """The config history of the model this run leaves: a fresh run's config; a resumed
+        one's history, its last config refreshed (free keys, a longer num_epochs) or, if a
+        changed config will train it further, a new segment from `start`."""
+        config = self.plan.config
+        if not resumed:
+            return [rundir.segment(0, config)]
+        history = list(self.history) if self.history else [rundir.segment(0, None)]
+        if not self.config_changes:
+            return history[:-1] + [rundir.segment(history[-1]["start_step"], config)]
+        if start < self.total:
+            history.append(rundir.segment(start, config))
+        return history
 
     def _epoch(self, state, step, epoch, resident, meta, ckpt, writer, progress):
         """Trains the rest of `epoch`, evaluates, records; returns (state, step)."""
@@ -181,6 +237,7 @@ class _Run:
             if pending is not None:
                 self._check(pending, state, sums, writer, ckpt)
             pending, step = (step, m), step + count
+            self.step = step
             if progress.due(step) or (step % self.every == 0 and step < end):
                 self._check(pending, state, sums, writer, ckpt)
                 pending = None
@@ -238,7 +295,9 @@ class _Run:
         if not m["state_finite"] or not (skip or m["finite"].all()):
             bad = first + (len(m["loss"]) - 1 if m["finite"].all() or skip
                            else int(np.argmin(m["finite"])))
-            raise NonFiniteError(_nonfinite_message(bad, state, ckpt, self.per_epoch, skip))
+            skips = skip and not m["finite"].all()  # past max_consecutive_skips
+            raise NonFiniteError(_nonfinite_message(bad, state, ckpt, self.per_epoch, skip,
+                                                    bool(m["state_finite"]) or skips))
         every = self.plan.log_every_steps
         if every:
             for k, loss in enumerate(m["loss"]):
@@ -248,19 +307,21 @@ class _Run:
                                                    "lr": float(self.lr(first + k))})
 
 
-def _nonfinite_message(step: int, state, ckpt, per_epoch: int, skip: bool) -> str:
-    leaves = [checkpoints.tree_name(path) for path, x in jax.tree_util.tree_leaves_with_path(
-        {"params": state.params, "feedback": state.feedback})
-        if not bool(jax.device_get(jax.numpy.isfinite(x).all()))]
+def _nonfinite_message(step: int, state, ckpt, per_epoch: int, skip: bool,
+                       state_ok: bool = True) -> str:
+    bad = steps.unhealthy_leaves(state)
+    leaves = [checkpoints.tree_name(path) + (" (exploding)" if why == "exploding" else "")
+              for path, why in bad]
     shown = ", ".join(leaves[:8]) + (f" and {len(leaves) - 8} more" if len(leaves) > 8 else "")
     last = ckpt.latest_step()
     kept = (f"the last good checkpoint, step {last}, is kept in {ckpt.latest.directory} "
             f"(the best so far in {ckpt.best.directory})" if last is not None
             else "no checkpoint had been written yet")
-    what = ("more consecutive updates than max_consecutive_skips were non-finite" if skip
+    what = ("the train state became non-finite or exploded" if not state_ok
+            else "more consecutive updates than max_consecutive_skips were non-finite" if skip
             else "the loss became non-finite")
     return (f"Training diverged by step {step + 1} (epoch {step // per_epoch + 1}): {what}"
-            + (f"; non-finite tensors: {shown}" if leaves else "") + f". Nothing non-finite "
+            + (f"; unusable tensors: {shown}" if leaves else "") + f". Nothing unusable "
             f"was saved; {kept}. Lower optim.lr" + ("." if skip else ", or pass "
             "--config.on_nonfinite=skip to skip such steps."))
 

@@ -26,7 +26,7 @@ def make_idx_dir(directory, n_train=60, n_test=20, compress=True, seed=0):
     arrays = {}
     for split, n in (("train", n_train), ("test", n_test)):
         images = rng.integers(0, 256, (n, 28, 28))
-        labels = rng.integers(0, 10, n)
+        labels = rng.permutation(np.arange(n) % 10)
         img_stem, lbl_stem = input_pipeline.IDX_STEMS[split]
         _write_idx(os.path.join(directory, img_stem), images, compress)
         _write_idx(os.path.join(directory, lbl_stem), labels, compress)
@@ -113,7 +113,7 @@ def test_cifar_python_batches(tmp_path):
     rng = np.random.default_rng(0)
     for name in input_pipeline.CIFAR_PY_FILES:
         batch = {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
-                 b"labels": list(rng.integers(0, 10, 10))}
+                 b"labels": list(rng.permutation(10))}
         with open(root / name, "wb") as f:
             pickle.dump(batch, f)
     data = sources.create_data("cifar10", data_dir=str(tmp_path), val_size=5)
@@ -134,7 +134,7 @@ def test_cifar_binary_batches(tmp_path):
     rng = np.random.default_rng(0)
     written = {}
     for name in input_pipeline.CIFAR_BIN_FILES:
-        labels = rng.integers(0, 10, 10, dtype=np.uint8)
+        labels = rng.permutation(10).astype(np.uint8)
         pixels = rng.integers(0, 256, (10, 3072), dtype=np.uint8)
         np.concatenate([labels[:, None], pixels], axis=1).tofile(root / name)
         written[name] = (labels, pixels)

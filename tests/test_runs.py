@@ -22,6 +22,7 @@ from rec_lra_jax import (
     rules,
     rundir,
     sources,
+    steps,
     train,
 )
 from rec_lra_jax.config_schema import ConfigError
@@ -29,26 +30,135 @@ from rec_lra_jax.input_pipeline import DataError
 from tests.helpers import smoke_config
 
 
-def test_divergence_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
+def test_divergence_stops_before_anything_unusable_is_saved(tmp_path):
+    """At lr 1e6 the MLP's weights pass 1e8 within a few steps, before its first
+    checkpoint: the run stops naming them and saves nothing (a finite but exploding state
+    is not a good checkpoint)."""
     config = smoke_config(**{"optim.lr": 1e6})
-    with pytest.raises(train.NonFiniteError, match=r"diverged by step (\d+) \(epoch 2\)") as info:
+    with pytest.raises(train.NonFiniteError,
+                       match=r"diverged by step \d+ \(epoch 1\): the train state became "
+                             r"non-finite or exploded") as info:
         train.train_and_evaluate(config, str(tmp_path))
-    assert "params/layer_00/kernel" in str(info.value)
+    assert "params/layer_00/kernel (exploding)" in str(info.value)
+    assert "no checkpoint had been written yet" in str(info.value)
     assert not (tmp_path / "results.json").exists()
-    mngr = checkpoints.manager(str(tmp_path / "checkpoints"))
-    assert mngr.all_steps() == [10]  # the one checkpoint before the divergence, not rotated out
-    restored = mngr.restore(10, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["state"]))
-    mngr.close()
-    assert checkpoints.manager(str(tmp_path / "best")).all_steps() == [16]
+    assert checkpoints.manager(str(tmp_path / "checkpoints")).all_steps() == []
 
 
-def test_skipping_nonfinite_updates_is_an_option(tmp_path):
-    config = smoke_config(**{"optim.lr": 1e6, "on_nonfinite": "skip", "max_consecutive_skips": 3})
-    with pytest.raises(train.NonFiniteError, match="max_consecutive_skips"):
+def test_skipping_nonfinite_updates_is_an_option(tmp_path, monkeypatch):
+    """Every batch non-finite (as if the data were broken): each update is skipped until
+    max_consecutive_skips lets one through; the run stops there, saving nothing."""
+    real = train.steps.normalize
+    monkeypatch.setattr(train.steps, "normalize", lambda x, how: real(x, how) * float("nan"))
+    config = smoke_config(**{"on_nonfinite": "skip", "max_consecutive_skips": 3})
+    with pytest.raises(train.NonFiniteError, match=r"by step 4 .*max_consecutive_skips"):
         train.train_and_evaluate(config, str(tmp_path))
-    records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
-    assert records and all(np.isfinite(r["val_loss"]) for r in records)
+    assert checkpoints.manager(str(tmp_path / "checkpoints")).all_steps() == []
+
+
+def _checkpoint_states(directory):
+    mngr = checkpoints.manager(directory)
+    out = {s: mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+           for s in mngr.all_steps()}
+    mngr.close()
+    return out
+
+
+def _good(tree) -> bool:
+    """Finite everywhere, parameters, synapses and BatchNorm statistics not exploding."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+    sized = [np.asarray(x) for k in ("params", "feedback", "batch_stats") if k in tree
+             for x in jax.tree.leaves(tree[k])]
+    return (all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
+            and all(np.abs(x).max(initial=0) < steps.HEALTHY_LIMIT for x in sized))
+
+
+@pytest.fixture(scope="module")
+def trained_resnet_epoch(tmp_path_factory):
+    """mode -> a ResNet smoke run's workdir after one sane epoch (checkpoints 10 and 16,
+    best 16), made once per on_nonfinite mode (its optimizer state differs)."""
+    made = {}
+
+    def get(mode):
+        if mode not in made:
+            made[mode] = tmp_path_factory.mktemp(f"resnet_epoch_{mode}")
+            config = smoke_config(fmnist_resnet18, num_epochs=1, on_nonfinite=mode,
+                                  max_consecutive_skips=3)
+            train.train_and_evaluate(config, str(made[mode]))
+        return made[mode]
+
+    return get
+
+
+@pytest.mark.parametrize("family", ["mlp", "resnet"])
+@pytest.mark.parametrize("mode", ["skip", "stop"])
+def test_a_divergent_run_keeps_only_good_checkpoints(family, mode, tmp_path,
+                                                     trained_resnet_epoch):
+    """Raised to a divergent learning rate after a sane epoch, a run stops (skip: once the
+    state itself goes bad or too many updates in a row are non-finite) and every checkpoint
+    it calls good or best is finite and not exploding in everything it holds (params,
+    synapses, BatchNorm statistics, optimizer state), so the same command with a sane rate
+    resumes from a good state (a resumed run refuses a checkpoint that is not)."""
+    import shutil  # noqa: PLC0415
+    module = fmnist_resnet18 if family == "resnet" else None
+    options = {"on_nonfinite": mode, "max_consecutive_skips": 3}
+    if family == "resnet":
+        shutil.copytree(trained_resnet_epoch(mode), tmp_path, dirs_exist_ok=True)
+    else:
+        train.train_and_evaluate(smoke_config(module, num_epochs=1, **options), str(tmp_path))
+    lr = 100.0 if family == "resnet" else 1e6
+    with pytest.raises(train.NonFiniteError, match="Nothing unusable was saved"):
+        train.train_and_evaluate(smoke_config(module, **{"optim.lr": lr}, **options),
+                                 str(tmp_path), allow_config_change=True)
+    for sub in ("checkpoints", "best"):
+        states = _checkpoint_states(str(tmp_path / sub))
+        assert states and all(_good(state) for state in states.values()), sub
+    # The MLP trains its second epoch from the good state; the ResNet (slow to compile)
+    # restores it and evaluates.
+    epochs = 1 if family == "resnet" else 2
+    results = train.train_and_evaluate(smoke_config(module, num_epochs=epochs, **options),
+                                       str(tmp_path), allow_config_change=True)
+    assert results["steps"] == 16 * epochs and np.isfinite(results["test_loss"])
+
+
+def test_a_checkpoint_that_is_not_good_is_refused_on_resume(tmp_path):
+    """A checkpoint written before good meant good (NaN BatchNorm statistics, exploding
+    weights) is not resumed from: the error names it and what to do; nothing is deleted."""
+    train.train_and_evaluate(smoke_config(num_epochs=1), str(tmp_path))
+    mngr = checkpoints.manager(str(tmp_path / "checkpoints"))
+    restored = mngr.restore(16, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                         meta=ocp.args.JsonRestore()))
+    state = restored["state"]
+    state["params"]["layer_01"]["kernel"] = state["params"]["layer_01"]["kernel"] * 1e9
+    checkpoints.save(mngr, 17, state, restored["meta"])
+    mngr.close()
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"step 17\) holds unusable tensors: params/layer_01/kernel "
+                             r"\(exploding\)\. Move that step's directory aside"):
+        train.train_and_evaluate(smoke_config(num_epochs=2), str(tmp_path))
+    assert checkpoints.manager(str(tmp_path / "checkpoints")).all_steps() == [16, 17]
+
+
+def test_a_skipped_batch_leaves_no_trace_in_the_batchnorm_statistics():
+    """on_nonfinite="skip": a batch whose loss is non-finite updates neither the parameters
+    nor the BatchNorm running statistics."""
+    import functools  # noqa: PLC0415
+
+    config = smoke_config(fmnist_resnet18, on_nonfinite="skip")
+    setup = builder.create_setup(config, input_shape=(28, 28, 1), num_classes=10,
+                                 total_steps=100, donate=False)
+    step = jax.jit(functools.partial(steps.train_step, **setup.step_kwargs))
+    images = np.full((config.batch_size, 28, 28, 1), 0.5, np.float32)
+    labels = np.zeros((config.batch_size,), np.int32)
+    state, m = step(setup.state, images * np.nan, labels)
+    assert not bool(m["finite"])
+    for before, after in zip(jax.tree.leaves((setup.state.params, setup.state.batch_stats)),
+                             jax.tree.leaves((state.params, state.batch_stats)), strict=True):
+        np.testing.assert_array_equal(before, after)
+    state, m = step(state, images, labels)  # a finite batch moves them again
+    assert bool(m["finite"]) and not all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(setup.state.batch_stats),
+                                             jax.tree.leaves(state.batch_stats), strict=True))
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -78,7 +188,8 @@ def test_resume_before_an_epochs_best_checkpoint_replaces_it(tmp_path, monkeypat
         return real_save(self, step, *args, **kwargs)
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(train.Interrupted, match=r"Interrupted at step 20; the last checkpoint "
+                       r"is step 10 in .*stopped; re-run the same command to resume"):
         train.train_and_evaluate(smoke_config(), str(tmp_path / "stopped"))
     monkeypatch.undo()
     assert checkpoints.manager(str(tmp_path / "stopped/checkpoints")).all_steps() == [10]
@@ -107,6 +218,138 @@ def test_changed_config_is_refused_and_extension_allowed(tmp_path):
                                        str(tmp_path), allow_config_change=True)
     assert changed["steps"] == 64
     assert json.load(open(tmp_path / "config.json"))["config"]["lra"]["beta"] == 0.2
+
+
+@pytest.fixture(scope="module")
+def finished_mlp(tmp_path_factory):
+    """A finished 2-epoch smoke run (lr 0.001, 32 steps); tests work on copies."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    train.train_and_evaluate(smoke_config(), str(workdir))
+    return workdir
+
+
+def _copy_run(finished, tmp_path):
+    import shutil  # noqa: PLC0415
+
+    return shutil.copytree(finished, tmp_path / "run")
+
+
+def _records(workdir):
+    return (json.load(open(workdir / "config.json")), json.load(open(workdir / "results.json")))
+
+
+def _meta_history(directory):
+    return [(s["start_step"], s["config"] and s["config"]["optim"]["lr"])
+            for s in checkpoints.read_meta(str(directory))["history"]]
+
+
+def test_a_finished_run_under_another_config_keeps_its_records(finished_mlp, tmp_path):
+    """Allowed to resume a finished run with another lr, nothing is left to train: the
+    records keep describing the model on disk (lr 0.001), not the new config."""
+    run = _copy_run(finished_mlp, tmp_path)
+    before = _records(run)[1]
+    out = train.train_and_evaluate(smoke_config(**{"optim.lr": 0.01}), str(run),
+                                   allow_config_change=True)
+    config, results = _records(run)
+    assert config["config"]["optim"]["lr"] == 0.001 and len(config["history"]) == 1
+    assert out == results and results["steps"] == 32 and "history" not in results
+    assert results["test_accuracy"] == before["test_accuracy"]
+
+
+def test_fewer_epochs_report_the_epochs_the_model_was_trained_for(finished_mlp, tmp_path):
+    run = _copy_run(finished_mlp, tmp_path)
+    with pytest.raises(rundir.ConfigChangedError, match=r"num_epochs: 2 -> 1"):
+        train.train_and_evaluate(smoke_config(num_epochs=1), str(run))
+    out = train.train_and_evaluate(smoke_config(num_epochs=1), str(run),
+                                   allow_config_change=True)
+    config, results = _records(run)
+    assert out["epochs"] == results["epochs"] == 2 and results["steps"] == 32
+    assert config["config"]["num_epochs"] == 2
+
+
+def test_a_changed_config_resumed_midway_records_both_segments(tmp_path):
+    train.train_and_evaluate(smoke_config(num_epochs=1), str(tmp_path))
+    changed = smoke_config(**{"optim.lr": 0.01})  # and 2 epochs: 16 more steps at lr 0.01
+    out = train.train_and_evaluate(changed, str(tmp_path), allow_config_change=True)
+    config, results = _records(tmp_path)
+    assert out["steps"] == 32 and out["epochs"] == 2
+    assert results["history"] == [{"start_step": 0},
+                                  {"start_step": 16, "changes": ["optim.lr: 0.001 -> 0.01"]}]
+    assert [(s["start_step"], s["config"]["optim"]["lr"]) for s in config["history"]] == [
+        (0, 0.001), (16, 0.01)] and config["config"]["optim"]["lr"] == 0.01
+    assert _meta_history(tmp_path / "checkpoints") == [(0, 0.001), (16, 0.01)]
+    # The workdir now belongs to the new config: it is reported as finished, and the old
+    # config is the changed one.
+    assert train.train_and_evaluate(changed, str(tmp_path)) == results
+    with pytest.raises(rundir.ConfigChangedError, match=r"optim\.lr: 0\.01 -> 0\.001"):
+        train.train_and_evaluate(smoke_config(num_epochs=3), str(tmp_path))
+
+
+def test_checkpoints_know_their_config_without_config_json(finished_mlp, tmp_path):
+    run = _copy_run(finished_mlp, tmp_path)
+    os.remove(run / "config.json")
+    with pytest.raises(rundir.ConfigChangedError, match=r"optim\.lr: 0\.001 -> 0\.01"):
+        train.train_and_evaluate(smoke_config(**{"optim.lr": 0.01}), str(run))
+    assert not (run / "config.json").exists()
+    # The same config resumes (nothing left to train) and writes the records again.
+    out = train.train_and_evaluate(smoke_config(), str(run))
+    config, results = _records(run)
+    assert out == results and results["steps"] == 32 and config["config"]["optim"]["lr"] == 0.001
+
+
+def test_checkpoints_of_an_unknown_config_are_treated_as_changed(finished_mlp, tmp_path):
+    """Checkpoints written before they carried their config, and no config.json: refused
+    unless allowed; then the records say the first segment's config is unknown."""
+    run = _copy_run(finished_mlp, tmp_path)
+    for path in glob.glob(str(run / "checkpoints/*/meta/metadata")):
+        meta = json.load(open(path))
+        del meta["history"]
+        json.dump(meta, open(path, "w"))
+    os.remove(run / "config.json")
+    with pytest.raises(rundir.ConfigChangedError, match=r"no record of the config"):
+        train.train_and_evaluate(smoke_config(), str(run))
+    out = train.train_and_evaluate(smoke_config(num_epochs=3), str(run),
+                                   allow_config_change=True)
+    config, _ = _records(run)
+    assert out["steps"] == 48 and out["history"] == [
+        {"start_step": 0}, {"start_step": 32, "changes": ["config: unknown -> another"]}]
+    assert [s["start_step"] for s in config["history"]] == [0, 32]
+    assert config["history"][0]["config"] is None
+
+
+def test_the_best_model_of_another_config_is_never_replaced_silently(finished_mlp, tmp_path):
+    run = _copy_run(finished_mlp, tmp_path)
+    import shutil  # noqa: PLC0415
+
+    shutil.rmtree(run / "checkpoints")
+    best = bad_inputs.snapshot(str(run / "best"))
+    with pytest.raises(rundir.ConfigChangedError,
+                       match=r"(?s)best holds the best model of a run made with a different "
+                             r"config.*optim\.lr: 0\.001 -> 0\.01"):
+        train.train_and_evaluate(smoke_config(**{"optim.lr": 0.01}), str(run))
+    assert bad_inputs.snapshot(str(run / "best")) == best
+    # Explicitly allowed, the new run's best replaces it and says what trained it.
+    train.train_and_evaluate(smoke_config(**{"optim.lr": 0.01}), str(run),
+                             allow_config_change=True)
+    assert _meta_history(run / "best") == [(0, 0.01)]
+    assert _records(run)[0]["config"]["optim"]["lr"] == 0.01
+
+
+def test_truncated_records_are_rewritten(finished_mlp, tmp_path):
+    """A crash can cut config.json, results.json or metrics.jsonl short: the same command
+    resumes (the checkpoint knows its config), trims the partial line and rewrites them."""
+    run = _copy_run(finished_mlp, tmp_path)
+    before = _records(run)[1]
+    for name in ("config.json", "results.json"):
+        text = open(run / name).read()
+        open(run / name, "w").write(text[:len(text) // 2])
+    lines = open(run / "metrics.jsonl").read()
+    open(run / "metrics.jsonl", "w").write(lines[:-40])  # epoch 2's line cut short
+    out = train.train_and_evaluate(smoke_config(), str(run))
+    config, results = _records(run)
+    assert results == out and out["test_accuracy"] == before["test_accuracy"]
+    assert config["config"]["optim"]["lr"] == 0.001
+    assert [r["epoch"] for r in metrics.read_jsonl(str(run / "metrics.jsonl"))] == [1]
 
 
 def test_a_key_added_since_a_run_matches_at_its_old_behaviour():
