@@ -16,9 +16,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), each test file in one of them (its
+# module fixtures are made once); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: install
 	$(PY) -m ruff check .

@@ -189,15 +189,16 @@ def check_config(workdir: str, config: dict, *, history: list[dict] | None,
     return []
 
 
-def describe_history(history: list[dict]) -> list[dict]:
-    """Each segment's first step and how its config differs from the segment before
-    (results.json's "history")."""
-    out = [{"start_step": history[0]["start_step"]}]
-    for before, after in zip(history, history[1:], strict=False):
+def describe_history(history: list[dict], steps: int) -> list[dict]:
+    """results.json's "history": each segment's step range [first, end) up to the model's
+    `steps`, and how its config differs from the segment before."""
+    ends = [s["start_step"] for s in history[1:]] + [steps]
+    out = [{"steps": [history[0]["start_step"], ends[0]]}]
+    for before, after, end in zip(history[:-1], history[1:], ends[1:], strict=True):
         changes = (config_changes(before["config"], after["config"])
                    if before["config"] is not None and after["config"] is not None
                    else ["config: unknown -> another"])
-        out.append({"start_step": after["start_step"], "changes": changes})
+        out.append({"steps": [after["start_step"], end], "changes": changes})
     return out
 
 

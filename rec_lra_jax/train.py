@@ -187,7 +187,7 @@ class _Run:
         # config of the segment that trained it last.
         trained = history[-1]["config"] or {}
         epochs = step / self.per_epoch
-        extra = ({"history": rundir.describe_history(history)} if len(history) > 1 else {})
+        extra = ({"history": rundir.describe_history(history, step)} if len(history) > 1 else {})
         return {"rule": trained.get("rule"), "dataset": trained.get("dataset"),
                 "epochs": int(epochs) if epochs == int(epochs) else round(epochs, 3),
                 "steps": step, "seed": trained.get("seed"), **extra,

@@ -273,8 +273,8 @@ def test_a_changed_config_resumed_midway_records_both_segments(tmp_path):
     out = train.train_and_evaluate(changed, str(tmp_path), allow_config_change=True)
     config, results = _records(tmp_path)
     assert out["steps"] == 32 and out["epochs"] == 2
-    assert results["history"] == [{"start_step": 0},
-                                  {"start_step": 16, "changes": ["optim.lr: 0.001 -> 0.01"]}]
+    assert results["history"] == [{"steps": [0, 16]},
+                                  {"steps": [16, 32], "changes": ["optim.lr: 0.001 -> 0.01"]}]
     assert [(s["start_step"], s["config"]["optim"]["lr"]) for s in config["history"]] == [
         (0, 0.001), (16, 0.01)] and config["config"]["optim"]["lr"] == 0.01
     assert _meta_history(tmp_path / "checkpoints") == [(0, 0.001), (16, 0.01)]
@@ -312,7 +312,7 @@ def test_checkpoints_of_an_unknown_config_are_treated_as_changed(finished_mlp, t
                                    allow_config_change=True)
     config, _ = _records(run)
     assert out["steps"] == 48 and out["history"] == [
-        {"start_step": 0}, {"start_step": 32, "changes": ["config: unknown -> another"]}]
+        {"steps": [0, 32]}, {"steps": [32, 48], "changes": ["config: unknown -> another"]}]
     assert [s["start_step"] for s in config["history"]] == [0, 32]
     assert config["history"][0]["config"] is None
 
