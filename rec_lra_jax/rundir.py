@@ -14,7 +14,6 @@ differ too. An unreadable config.json or results.json (cut short by a crash) cou
 missing. Only process 0 writes these files.
 """
 
-import contextlib
 import json
 import os
 from typing import Any
@@ -49,7 +48,8 @@ class WorkdirError(RuntimeError):
 
 def check_workdir(workdir: str) -> None:
     """Fails fast, before any data is read, if `workdir` cannot hold a run: it is a file, or
-    it (or the directory it would be created in) cannot be written. Leaves nothing behind.
+    it (or the directory it would be created in) cannot be written. Creates it (every
+    process of a multi-process run checks at once, so none may remove what it made).
 
     Raises:
       WorkdirError naming the path and the cause.
@@ -57,9 +57,8 @@ def check_workdir(workdir: str) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir {workdir} is a file, not a directory. Pass a directory "
                            f"(it is created if missing).")
-    created, parent = [], os.path.abspath(workdir)
+    parent = os.path.abspath(workdir)
     while not os.path.exists(parent):
-        created.append(parent)
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise WorkdirError(f"--workdir {workdir} cannot be created: {parent} is a file.")
@@ -73,10 +72,6 @@ def check_workdir(workdir: str) -> None:
         raise WorkdirError(f"--workdir {workdir} is not writable ({e.strerror or e}: "
                            f"{e.filename or workdir}). Pass a directory you can write "
                            f"to.") from None
-    finally:
-        for path in created:  # the run creates them again when it writes
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
 
 
 def _json_ready(tree: Any) -> Any:
