@@ -63,9 +63,6 @@ class Checkpoints:
     def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
         return restore_latest(self.latest, template)
 
-    def best_step(self) -> int | None:
-        return self.best.latest_step()
-
     def close(self) -> None:
         self.latest.close()
         self.best.close()
@@ -181,7 +178,7 @@ def latest_step(directory: str) -> int | None:
 def read_meta(directory: str) -> dict | None:
     """The JSON record of the newest checkpoint under `directory` (None if there is none or
     it cannot be read), without touching its arrays."""
-    if not os.path.isdir(directory) or not any(d.isdigit() for d in os.listdir(directory)):
+    if latest_step(directory) is None:
         return None
     mngr = manager(directory)
     try:

@@ -171,7 +171,7 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
         if name in units:
             return units[name]
         unit = graph.units[name]
-        d, recon = 0.0, 0.0
+        d, recon = 0.0, None
         for synapse in (graph.synapses[s] for s in drives(unit)):
             kind, source = synapse.source
             e_src = unit_error(source) if kind == "unit" else layer_error(source)
@@ -180,10 +180,11 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
             sources[synapse.name], displacements[synapse.name] = e_src, d_s
             if synapse.kind == "upconv":  # scaled against the unit's other drive below
                 weight = graph.decoders[source].weight
-                recon = recon + weight * d_s / (jnp.linalg.norm(d_s) + 1e-12)
+                recon = (0.0 if recon is None else recon) + weight * d_s / (
+                    jnp.linalg.norm(d_s) + 1e-12)
             else:
                 d = d + d_s
-        if not isinstance(recon, float):
+        if recon is not None:
             d = d + jnp.linalg.norm(d) * recon
         z, pre = get(signals, unit.post), get(signals, unit.pre)
         if unit.pool is not None:

@@ -50,10 +50,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
     workdir = builder.expand(workdir)
     rundir.check_workdir(workdir)
     primary = jax.process_index() == 0
-    has_checkpoint, has_best = (
-        os.path.isdir(os.path.join(workdir, d)) and any(
-            s.isdigit() for s in os.listdir(os.path.join(workdir, d)))
-        for d in ("checkpoints", "best"))
+    has_checkpoint, has_best = (checkpoints.latest_step(os.path.join(workdir, d)) is not None
+                                for d in ("checkpoints", "best"))
     record = rundir.read_record(workdir)
     history = (rundir.history_of(checkpoints.read_meta(os.path.join(workdir, "checkpoints")),
                                  record) if has_checkpoint else None)
