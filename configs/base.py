@@ -122,6 +122,12 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         # outputs from the output error, the units inside a stage chained through
         # synapses shaped like the layers above them; target hops 2 vs 5 on ResNet-18)
         config.lra.module = "block"
+        # with module=stage: the stem a module of its own (driven like a stage end) instead
+        # of the last unit of stage 1's chain (target hops 5 -> 4 on ResNet-18)
+        config.lra.stem_module = False
+        # with module=stage and a local loss: the blocks inside a stage also read their own
+        # readout's error beside the chain (deep supervision inside a module; same hops)
+        config.lra.inner_loss = False
         # none (the paper's) | only | mixed: units driven from the output error read their
         # own linear readout's error instead / as well (a block-local loss; a departure)
         config.lra.local_loss = "none"

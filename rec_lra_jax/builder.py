@@ -143,6 +143,8 @@ def create_wiring(config: ml_collections.ConfigDict, rule: str | None = None) ->
         return Wiring("recursive", module_size=lra.get("module_size", 2), depth=lra.depth,
                       skip_source=lra.get("skip_source", "dense"),
                       head_last=lra.get("head_last", True), module=lra.get("module", "block"),
+                      stem_module=lra.get("stem_module", False),
+                      inner_loss=lra.get("inner_loss", False),
                       local_loss=lra.get("local_loss", "none"),
                       local_loss_grid=lra.get("local_loss_grid", 1),
                       local_loss_hidden=lra.get("local_loss_hidden", 0),
@@ -169,12 +171,13 @@ def describe_wiring(config: ml_collections.ConfigDict, rule: str | None = None) 
                 "direct": "direct (DFA)"}[w.sources]
     if config.model.name == "mlp":
         return f"modules of {w.module_size}, depth {w.depth}"
-    name = f"{w.module}s, depth {w.depth}"
+    name = f"{w.module}s{' + stem' * w.stem_module}, depth {w.depth}"
     if w.local_loss != "only":
         name += f", {w.skip_source} skips ({w.skip_learning}{', activity' * w.skip_activity})"
     if w.local_loss != "none":
         name += f", local loss {w.local_loss} g{w.local_loss_grid}"
         name += f" h{w.local_loss_hidden}" if w.local_loss_hidden else ""
+        name += " + inner blocks" if w.inner_loss else ""
         name += f" + recon {w.local_loss_recon:g}" if w.local_loss_recon else ""
     return name
 

@@ -65,6 +65,12 @@ class Wiring:
         conv above) or "stage" (stage outputs from the output error, every other unit of a
         stage, the stem included in the first, from the layers directly above it in its
         stage through synapses shaped like them). Target hops on ResNet-18: 2 and 5.
+      stem_module: with module "stage", the stem is a module of its own, driven like a
+        stage end (from the output error and/or its own readout) instead of from the first
+        stage's chain: one hop fewer on ResNet-18 (4), room for a deeper readout within 5.
+      inner_loss: with module "stage" and a local loss, every block output inside a stage
+        also reads its own readout's error beside the chain from the block above (deep
+        supervision inside the module; the same hops). A departure.
       local_loss: residual nets, what a unit that the recursion drives from the output
         error reads instead ("only") or as well ("mixed"): the error of its own linear
         readout, softmax(pool(z) A) - y, with A learned by its local delta and carried back
@@ -98,6 +104,8 @@ class Wiring:
     skip_source: str = "dense"
     head_last: bool = True
     module: str = "block"
+    stem_module: bool = False
+    inner_loss: bool = False
     local_loss: str = "none"
     local_loss_grid: int = 1
     local_loss_hidden: int = 0
@@ -117,6 +125,13 @@ class Wiring:
                              f"{self.module_size!r}, {self.depth!r}.")
         if self.module not in MODULES:
             raise ValueError(f"Unknown module {self.module!r}; choose one of {MODULES}.")
+        if self.stem_module and self.module != "stage":
+            raise ValueError("stem_module splits the stem from the first stage: it needs "
+                             "module='stage' (with module='block' the stem is already its "
+                             "own module).")
+        if self.inner_loss and (self.module != "stage" or self.local_loss == "none"):
+            raise ValueError("inner_loss adds a readout to the blocks inside a stage: it "
+                             "needs module='stage' and local_loss 'only' or 'mixed'.")
         if self.local_loss not in LOCAL_LOSSES:
             raise ValueError(f"Unknown local_loss {self.local_loss!r}; choose one of "
                              f"{LOCAL_LOSSES}.")
@@ -429,7 +444,7 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
 
     readouts, decoders = {}, {}
 
-    def from_output(name, target, reads, kind=None):
+    def from_output(name, target, reads, kind=None, wiring=wiring):
         """A skip from the output error (and/or the unit's own readout); returns the drive."""
         kind = kind or wiring.skip_source
         u = shape_of(signals, reads)
@@ -511,6 +526,9 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
             chained = False
         elif mirrored or (staged and chained):
             drive = mirror(b, b, post, blocks[i + 1])
+            if staged and wiring.inner_loss:  # its own readout beside the chain
+                local = dataclasses.replace(wiring, local_loss="only")
+                drive = (*drive, from_output(f"{b}_inner", b, post, wiring=local))
         elif chained:
             from_block(b, b, post, blocks[i + 1])
         else:
@@ -539,9 +557,10 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
             conv_layer(f"{b}_proj", ("blocks", b, "proj"), b)
     stem = signals["stem"]
     reads = ("stem", "pooled") if "pooled" in stem else ("stem", "post")
-    chained, drive = wiring.skip_source == "head" or mirrored or staged, "stem"
+    own = staged and wiring.stem_module  # the stem a module of its own
+    chained, drive = (wiring.skip_source == "head" or mirrored or staged) and not own, "stem"
     teach = ()
-    if mirrored or staged:  # module "stage": the stem is in stage 1
+    if mirrored or (staged and not own):  # module "stage": the stem is in stage 1
         drive = mirror("stem", "stem", reads, blocks[0])
     elif chained:
         from_block("stem", "stem", reads, blocks[0])

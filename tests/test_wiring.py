@@ -36,6 +36,12 @@ def _resnet(depth=18, stem="cifar", size=16, batch=4):
     (Wiring(local_loss="only", local_loss_grid=2), 2),
     # a hidden layer in the readout is one more hop: the stem, last in stage 1, is at 6
     (Wiring(module="stage", local_loss="only", local_loss_grid=2, local_loss_hidden=8), 6),
+    # the stem its own module: stage 1's chain ends at block_00_conv1, the hidden readout
+    # fits in 5
+    (Wiring(module="stage", stem_module=True, local_loss="only", local_loss_grid=2), 4),
+    (Wiring(module="stage", stem_module=True, local_loss="only", local_loss_grid=2,
+            local_loss_hidden=8), 5),
+    (Wiring(module="stage", local_loss="only", local_loss_grid=2, inner_loss=True), 5),
     (Wiring(skip_learning="regress"), 3),  # teachers one hop behind the targets
     (Wiring(module="stage", skip_learning="regress"), 5),
     (Wiring("transpose"), 17),  # backprop's: every weight layer below the head
@@ -240,3 +246,35 @@ def test_reconstruction_decoder_is_a_local_loss_with_a_kolen_pollack_synapse():
                                                "lra.local_loss_recon": 1.0})
     with pytest.raises(ConfigError, match="local_loss_recon"):
         builder.validate(config)
+
+
+def test_stem_module_and_inner_loss_add_readouts_where_they_say():
+    """stem_module: the stem reads its own readout instead of stage 1's chain; inner_loss:
+    each block inside a stage reads its own readout beside the chain. Each new readout
+    learns (nonzero delta) and its pool synapse gets the transposed delta."""
+    _, variables, signals, _, labels = _resnet()
+    wiring = Wiring(module="stage", local_loss="only", local_loss_grid=2, stem_module=True,
+                    inner_loss=True)
+    graph = wiring_lib.build(wiring, signals, variables["params"], None)
+    assert set(graph.readouts) == {"stem_readout", "block_01_readout", "block_03_readout",
+                                   "block_05_readout", "block_00_inner_readout",
+                                   "block_02_inner_readout", "block_04_inner_readout",
+                                   "block_06_inner_readout"}
+    assert [graph.synapses[s].source for s in wiring_lib.drives(graph.units["stem"])] == [
+        ("unit", "stem_readout")]
+    sources = [graph.synapses[s].source for s in wiring_lib.drives(graph.units["block_02"])]
+    assert ("unit", "block_02_inner_readout") in sources and ("unit", "block_03") in sources
+    rule = rules.rec_lra(wiring=wiring, rescale=True)
+    fb = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    trainables = {"params": variables["params"], "feedback": fb}
+    deltas, _ = rule.update(trainables, rule.init(trainables), trainables, signals=signals,
+                            labels=labels)
+    for name in ("stem", "block_02_inner"):
+        d = deltas["feedback"]
+        assert float(jnp.abs(d[f"{name}_readout"]).max()) > 0
+        np.testing.assert_allclose(d[name], d[f"{name}_readout"].T, rtol=1e-5, atol=1e-8)
+    assert all(bool(jnp.isfinite(v).all()) for v in jax.tree.leaves(deltas))
+    with pytest.raises(ValueError, match="stem_module"):
+        Wiring(stem_module=True)
+    with pytest.raises(ValueError, match="inner_loss"):
+        Wiring(module="stage", inner_loss=True)
