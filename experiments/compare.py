@@ -61,13 +61,14 @@ def format_table(results: list[dict], reach: float | None = None) -> str:
     "epochs_to_bp" when the records have it)."""
     extra = f" epochs to {100 * reach:g} % val |" if reach is not None else ""
     to_bp = any("epochs_to_bp" in r for r in results)
-    header = (f"| rule | test acc (%) | best val acc (%) | epochs | train time (s) | s / epoch |"
-              f"{extra}{' epochs to bp - 1 |' if to_bp else ''}\n"
-              f"| --- | --- | --- | --- | --- | --- |{' --- |' if extra else ''}"
+    header = (f"| rule | wiring | target hops | test acc (%) | best val acc (%) | epochs | "
+              f"train time (s) | s / epoch |{extra}{' epochs to bp - 1 |' if to_bp else ''}\n"
+              f"| --- | --- | --- | --- | --- | --- | --- | --- |{' --- |' if extra else ''}"
               f"{' --- |' if to_bp else ''}")
     rows = []
     for r in results:
-        row = (f"| {r['rule']} | {100 * r['test_accuracy']:.2f} | "
+        row = (f"| {r['rule']} | {r.get('wiring', '-')} | {r.get('target_hops', '-')} | "
+               f"{100 * r['test_accuracy']:.2f} | "
                f"{100 * r['best_val_accuracy']:.2f} | {r['epochs']} | {r['train_seconds']:.1f} | "
                f"{r['train_seconds'] / r['epochs']:.2f} |")
         if extra:

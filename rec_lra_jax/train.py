@@ -100,6 +100,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
                                                  "; no checkpoint had been written yet")
             + "; re-run the same command to resume.") from None
     results["model"] = builder.describe_model(config, data.image_shape, data.num_classes)
+    # What produced the figure: the wiring and its critical path (docs/algorithm.md,
+    # "Target hops"), beside the rule.
+    results["wiring"] = builder.describe_wiring(config)
+    results["target_hops"] = builder.target_hops(config, input_shape=data.image_shape,
+                                                 num_classes=data.num_classes)
     if primary:
         rundir.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("Done: %s", results)

@@ -127,7 +127,10 @@ def test_compare_tabulates_rules_with_epochs_to_threshold(tmp_path):
         lines = [json.loads(x) for x in open(tmp_path / r["rule"] / "metrics.jsonl")]
         first = next((x["epoch"] for x in lines if x["val_accuracy"] >= 0.5), None)
         assert r["epochs_to"] == first
-        assert f"| {r['rule']} | {100 * r['test_accuracy']:.2f} |" in table
+        # each row names the wiring and its target hops (MLP: rec-LRA 2, backprop 3)
+        assert r["target_hops"] == {"rec_lra": 2, "bp": 3}[r["rule"]]
+        assert (f"| {r['rule']} | {r['wiring']} | {r['target_hops']} | "
+                f"{100 * r['test_accuracy']:.2f} |") in table
         # "epochs to bp - 1": the first epoch within 1 point of backprop's final val.
         bp_final = json.loads(open(tmp_path / "bp" / "metrics.jsonl").readlines()[-1])
         target = bp_final["val_accuracy"] - 0.01
