@@ -46,7 +46,7 @@ data:
 	fi
 
 # The main job: rec-LRA vs backprop MLPs on Fashion-MNIST, a 20-epoch schedule
-# (the full 100-epoch run is in README "Results").
+# (the full 100-epoch run: BENCHMARKS.md, "MLPs").
 demo: install data
 	rm -rf $(DEMO_WORKDIR)
 	$(PY) -m experiments.compare --config=configs/fmnist_mlp.py:demo \

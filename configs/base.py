@@ -91,8 +91,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.model.residual_gap = 0  # g; 0: no forward residual connections
         config.model.init = "lra_e"  # lra_e | unit | he | lecun
         config.lra.module_size = 2  # m: error skips every m layers (rec_lra)
-        # he (N(0, 2 / fan_in), chosen on validation: BENCHMARKS.md, "Fashion-MNIST MLP:
-        # ablations") | lra_e (N(0, 1), the first release's) | unit | lecun
+        # he (N(0, 2 / fan_in), chosen on validation: docs/experiments/history.md,
+        # "Fashion-MNIST MLP: first ablations") | lra_e (N(0, 1), the first release's) |
+        # unit | lecun
         config.lra.feedback_init = "he"
         config.lra.baseline_feedback_init = "lecun"  # fa / dfa feedback matrices
     elif family == "resnet":
@@ -107,7 +108,7 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         # multiplies the conv kernels' init std (BatchNorm makes the forward invariant to
         # it; smaller starts the weights nearer the origin, for every rule alike)
         config.model.init_scale = 1.0
-        config.lra.skip_source = "dense"  # dense | channel | head | mirror
+        config.lra.skip_source = "dense"  # dense | channel | head
         config.lra.bn_error = "jacobian"  # jacobian | output | scaled
         config.lra.feedback_init = "he"  # synapse std = feedback_scale * sqrt(2 / fan_in)
         config.lra.baseline_feedback_init = "he"  # dfa feedback matrices

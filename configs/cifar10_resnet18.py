@@ -11,7 +11,7 @@ a CPU: this config is meant for accelerators. rec-LRA runs the best short-path w
 found (stages as modules, block-local readout losses: 5 target hops); `--config.rule=kp`
 runs the Kolen-Pollack chain (17 hops, issue 11's "mirror" wiring, at backprop's accuracy),
 its synapses started by a weight mirror; AdamW lr 0.01 for every rule (chosen on validation
-in 3-epoch probes: BENCHMARKS.md, "CIFAR-10 wiring ablation" and "Weight mirror").
+in 3-epoch probes: docs/experiments/history.md, "CIFAR-10 wiring ablation" and "Weight mirror").
 Arguments: `smoke` (a width-4 net on synthetic 32x32x3 data, seconds; used by CI);
 `cpu` (the CPU-sized comparison of BENCHMARKS.md: width 8, 5 epochs, about 1.5-2 minutes
 per epoch and rule on 2 cores):
@@ -50,8 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.lra.feedback_scale = 0.1
     config.lra.beta = 0.05
     # ... decayed to 0.005 over the run (cosine): chosen on validation over constant 0.05
-    # and 0.01 in 15-epoch width-8 runs, seeds 0-1 (BENCHMARKS.md, "Beta schedule"); late
-    # in training a small beta keeps the lower BatchNorm biases on backprop's gradient.
+    # and 0.01 in 15-epoch width-8 runs, seeds 0-1 (docs/experiments/history.md, "Beta
+    # schedule"); late in training a small beta keeps the lower BatchNorm biases on
+    # backprop's gradient.
     # The CPU tables measured before (5 epochs, widths 8 and 16) used constant beta 0.05:
     # --config.lra.beta_schedule=constant reproduces them.
     config.lra.beta_schedule = "cosine"
@@ -65,10 +66,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The learning rate, chosen on validation (3-epoch probes: 3e-3, 1e-2, 3e-2 with the
     # weight mirror; backprop 1e-3 .. 3e-2): 0.01 for kp and backprop alike (not re-tuned
     # for the short-path wiring). At 15 epochs (width 8) backprop's validation picks 0.02
-    # over 0.005 / 0.01; that table passes it as a flag (BENCHMARKS.md, "Backprop's tuning
-    # budget"). kp's own 15-epoch val keeps lr 0.01 over 0.005 / 0.02, and constant gamma
-    # over a cosine-decayed one (BENCHMARKS.md, "Gamma schedule", measured as rec-LRA's
-    # mirror wiring).
+    # over 0.005 / 0.01; that table passes it as a flag (docs/experiments/history.md,
+    # "Backprop's tuning budget"). kp's own 15-epoch val keeps lr 0.01 over 0.005 / 0.02,
+    # and constant gamma over a cosine-decayed one (docs/experiments/history.md, "Gamma
+    # schedule", measured as rec-LRA's mirror wiring).
     config.optim.lr = 0.01
     if arg == "smoke":
         config.data.source = "synthetic"

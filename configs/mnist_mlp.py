@@ -7,7 +7,7 @@ download it with TensorFlow installed and --config.data.download=True):
       --config.rule=rec_lra --config.data.dir=/path/to/mnist
 
 Input noise 0.3 (instead of Fashion-MNIST's 0.1) was chosen for rec-LRA on MNIST's
-validation split (BENCHMARKS.md, "MNIST: input noise"): 100 epochs, seeds 0-2, rec-LRA
+validation split (docs/experiments/history.md, "MNIST: input noise"): 100 epochs, seeds 0-2, rec-LRA
 98.69 +- 0.05 % test on the 2-core CPU, about 5 minutes per run on an idle machine.
 Arguments: `smoke`, `demo` as in fmnist_mlp.py.
 """

@@ -15,7 +15,7 @@ whose size does not grow with the classes times the map, unlike dense e_L synaps
 like the kernels, errors rescaled by 1 / beta, beta 0.05, started by a weight mirror.
 Through this config's ImageNet stem (CIFAR-10 JPEG copy at 32x32, width 8, 10 epochs, 3
 seeds) kp matched backprop, where the first release's channel-factorised e_L synapses
-trailed by 15 points (BENCHMARKS.md, "ImageNet stem and wiring, CIFAR-10 proxy",
+trailed by 15 points (docs/experiments/history.md, "ImageNet stem and wiring, CIFAR-10 proxy",
 measured as rec-LRA's "mirror" wiring). Not run on ImageNet here (no ImageNet on this
 machine).
 Arguments: `smoke` (synthetic records through the same grain pipeline, 32x32, width 4;

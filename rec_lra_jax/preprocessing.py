@@ -128,7 +128,7 @@ def grain_iterator(ds, *, threads: int = 0, processes: int = 0):
 
     Pillow releases the GIL while it decodes and resizes, so threads scale with cores;
     processes help only when the Python between them is the bottleneck (measured in
-    BENCHMARKS.md, "Input pipeline").
+    docs/experiments/history.md, "Input pipeline").
     """
     grain = import_grain()
     threads = threads or os.cpu_count() or 1

@@ -13,7 +13,7 @@ keywords). So rules compose like any optax transform:
 >>> tx = optax.chain(rl.rec_lra(beta=0.1, activation="tanh"), optax.adam(1e-3))
 
 A whole step with a model: the examples in the model modules (a dense chain and a
-residual net), and README "Library API".
+residual net), and docs/library.md.
 
 The autodiff rules (`backprop`, `feedback_alignment`, `sign_symmetry`) pass the gradient
 they are given through: the train step differentiates a model built with the rule's

@@ -333,7 +333,8 @@ def _stream_records(dataset, info, source, data_dir, download, tfds_data_dir, se
                 f"{tfds_data_dir or '~/tensorflow_datasets'!r} ({type(e).__name__}: "
                 f"{str(e)[:200]}). Prepare it once from the ILSVRC2012 tarballs: tfds build "
                 f"{dataset} --manual_dir=DIR_WITH_TARS --file_format=array_record, or point "
-                f"--config.data.dir at an image-folder tree (README.md, 'ImageNet').") from e
+                f"--config.data.dir at an image-folder tree (docs/usage.md, 'ResNets, "
+                f"CIFAR-10 and ImageNet').") from e
     return records, info.num_classes, "tfds"
 
 

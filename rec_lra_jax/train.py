@@ -65,6 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
             and results.get("epochs") == plan.num_epochs):
         logging.info("%s already holds this finished run; its results: %s", workdir, results)
         return results
+    logging.info("Loading %s (data.source=%s) ...", plan.dataset, config.data.source)
     data = builder.create_data(config, shard=(jax.process_index(), jax.process_count()))
     steps_per_epoch = len(data.train) // plan.batch_size
     if steps_per_epoch == 0:
@@ -169,6 +170,9 @@ class _Run:
             logging.info("Training %s on %s (%s): %d epochs x %d steps, resuming at step %d.",
                          plan.rule, plan.dataset, data.origin, plan.num_epochs, self.per_epoch,
                          start)
+            logging.info("Compiling the train step (seconds on a CPU, longer for a ResNet); "
+                         "progress %s.", f"every {plan.log_every_steps} steps"
+                         if plan.log_every_steps else "after each epoch")
             resident = (None if data.train.resident is None
                         else _put_replicated(data.train.resident, self.replicated))
             progress = metrics.Progress(every=plan.log_every_steps, total_steps=self.total,
