@@ -60,7 +60,7 @@ def cosines(config, workdir: str, betas: list[float], examples: int
     x = steps.normalize(jnp.asarray(images), data.normalization)
     onehot = jax.nn.one_hot(jnp.asarray(labels), data.num_classes)
     grads = steps.rule_deltas(backprop.model, backprop.rule, state.params, {},
-                              state.batch_stats, x, onehot)["params"]
+                              state.batch_stats, x, onehot, autodiff=True)["params"]
     if not betas:
         hyperparams = getattr(state.opt_state[0], "hyperparams", {})
         betas = [float(hyperparams.get("beta", config.lra.beta))]

@@ -5,7 +5,8 @@ alignment", AAAI 2023. The equations, the options and their defaults: docs/algor
 
   models      MLP, ResNet (both return the signals local rules read), FeedbackDense
   rules       rec_lra, lra_e, kolen_pollack, dfa, backprop, feedback_alignment, sign_symmetry: optax
-              transforms (`Rule`); RULES is the registry by config name
+              transforms; RULES is the registry by config name (autodiff, backward), wiring_of(name)
+              the wiring whose `init` makes a rule's error synapses
   wiring      Wiring (which error drives each unit) and the Graph a rule builds from it
   certify     the weight-transport certificate of a traced train step
 """
@@ -24,6 +25,7 @@ from rec_lra_jax.rules import (
     lra_e,
     rec_lra,
     sign_symmetry,
+    wiring_of,
 )
 from rec_lra_jax.steps import TrainState, rule_deltas, train_step
 from rec_lra_jax.train import train_and_evaluate
@@ -38,5 +40,6 @@ __all__ = [
     "direct_feedback_alignment", "feedback_alignment", "kolen_pollack", "local", "lra_e",
     "rec_lra",
     "rule_deltas", "sign_symmetry", "sweep", "train_and_evaluate", "train_step", "wiring",
+    "wiring_of",
 ]
 __version__ = "0.2.0"

@@ -5,7 +5,8 @@
   create_model(config, num_classes, rule)       the flax module
   create_rule(config, rule)                     the update rule
   create_optimizer(config, total_steps, rule)   the optax chain
-  create_train_state(key, model, rule, tx, input_shape)
+  create_feedback(config, rule)                 the rule's error-synapse initialiser
+  create_train_state(key, model, tx, input_shape, init_feedback)
   create_setup(config, ...)                     all of these plus the jitted steps
 
 Every entry point (training, compare, certify, benchmark) and the tests build through
@@ -79,7 +80,9 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, rule: str 
     """The model named by config.model ("mlp" or "resnet"), built for `rule` (the autodiff
     baselines get the model variant whose layers send back what the rule needs)."""
     m, rule = config.model, rule or config.rule
-    backward = create_rule(config, rule).backward
+    if rule not in rules.RULES:
+        raise ConfigError(f"Unknown rule {rule!r}; choose one of {tuple(rules.RULES)}.")
+    backward = rules.RULES[rule].backward
     if m.name == "mlp":
         return models.MLP(features=(*m.hidden, num_classes), activation=m.activation,
                           residual_gap=m.residual_gap, init_scheme=m.init, backward=backward,
@@ -94,8 +97,8 @@ def create_rule(config: ml_collections.ConfigDict, rule: str | None = None, *,
     """The update rule `rule` (default config.rule) with the options in config.lra.
 
     `total_steps` is the horizon of a scheduled beta or gamma (`lra.beta_schedule`,
-    `lra.gamma_schedule`: `rules.scheduled`); without it the rule holds their start values
-    (what `create_model` and the initial synapses need)."""
+    `lra.gamma_schedule`: `optax.inject_hyperparams` over the rule's other options); without
+    it the rule holds their start values."""
     rule, lra, family = rule or config.rule, config.lra, config.model.name
     if rule not in rules_for(config):
         raise ConfigError(f"rule={rule!r} is unknown for {family} models; choose one "
@@ -105,33 +108,50 @@ def create_rule(config: ml_collections.ConfigDict, rule: str | None = None, *,
         return spec.factory()
     activation = config.model.activation if family == "mlp" else None
     if rule == "dfa":
-        return rules.dfa(feedback_init=lra.baseline_feedback_init,
-                         feedback_scale=lra.feedback_scale, activation=activation,
+        return rules.dfa(skip_source="dense", activation=activation,
                          bn_error=lra.get("bn_error", "jacobian"))
     options = dict(error_unit=lra.error_unit,
                    alpha_skip=lra.alpha_skip, alpha_adjacent=lra.alpha_adjacent,
-                   feedback_init=lra.feedback_init,
-                   feedback_scale=lra.feedback_scale, dx=lra.dx, activation=activation,
+                   dx=lra.dx, activation=activation,
                    bn_error=lra.get("bn_error", "jacobian"),
                    output_error_unit=None if lra.output_error_unit == "same"
                    else lra.output_error_unit)
     if rule == "kp":
         factory = rules.kolen_pollack
-        options.update(weight_mirror=lra.get("weight_mirror", 0.0))
     elif rule == "lra_e":
         factory = rules.lra_e
         options.update(feedback_rule=lra.feedback_rule, rescale=lra.rescale)
     else:
         factory = rules.rec_lra
         options.update(feedback_rule=lra.feedback_rule, rescale=lra.rescale,
-                       wiring=create_wiring(config, rule),
-                       weight_mirror=lra.get("weight_mirror", 0.0))
+                       wiring=create_wiring(config, rule))
     kinds = (lra.get("beta_schedule", "constant"), lra.get("gamma_schedule", "constant"))
     if total_steps is None or kinds == ("constant", "constant"):
         return factory(beta=lra.beta, gamma=lra.gamma, **options)
-    return rules.scheduled(
-        factory, beta=rules.schedule(kinds[0], lra.beta, lra.beta_final, total_steps),
-        gamma=rules.schedule(kinds[1], lra.gamma, lra.gamma_final, total_steps), **options)
+    def inner(beta, gamma):  # only beta and gamma live in the state (checkpoints' layout)
+        return factory(beta=beta, gamma=gamma, **options)
+
+    return optax.inject_hyperparams(inner)(
+        beta=rules.schedule(kinds[0], lra.beta, lra.beta_final, total_steps),
+        gamma=rules.schedule(kinds[1], lra.gamma, lra.gamma_final, total_steps))
+
+
+def create_feedback(config: ml_collections.ConfigDict, rule: str | None = None, *,
+                    weight_mirror: bool = True):
+    """`init(key, signals, params)` of rule's error synapses (config.lra's init, scale and
+    weight mirror), or None for the autodiff rules, whose fixed feedback kernels are the
+    model's "feedback" collection. `weight_mirror=False` skips the mirror (for a state
+    that is only a restore template: the same shapes, minutes less at ImageNet scale)."""
+    rule, lra = rule or config.rule, config.lra
+    if rules.RULES[rule].autodiff:
+        return None
+    wiring = create_wiring(config, rule)
+    options = dict(activation=config.model.activation if config.model.name == "mlp" else None,
+                   feedback_init=lra.baseline_feedback_init if rule == "dfa"
+                   else lra.feedback_init, feedback_scale=lra.feedback_scale)
+    if weight_mirror and rule in ("rec_lra", "kp"):
+        options["weight_mirror"] = lra.get("weight_mirror", 0.0)
+    return functools.partial(wiring.init, **options)
 
 
 def create_wiring(config: ml_collections.ConfigDict, rule: str | None = None) -> Wiring:
@@ -241,21 +261,22 @@ def learning_rate(config: ml_collections.ConfigDict, total_steps: int):
     return optax.constant_schedule(o.lr)
 
 
-def create_train_state(key, model, rule, tx, input_shape) -> steps.TrainState:
+def create_train_state(key, model, tx, input_shape, init_feedback=None) -> steps.TrainState:
     """Fresh parameters, BatchNorm statistics, error synapses and optimizer state.
 
-    A local rule's synapses are sized from the shapes of the model's signals; an autodiff
-    baseline's fixed feedback kernels are the model's "feedback" collection.
+    A local rule's synapses come from `init_feedback(key, signals, params)`
+    (`create_feedback`), sized from the shapes of the model's signals; without it (the
+    autodiff baselines) the fixed feedback kernels are the model's "feedback" collection.
     """
     x = jnp.zeros(input_shape)
     variables = model.init(jax.random.fold_in(key, 0), x, train=False)
     params = variables["params"]
     feedback_key = jax.random.fold_in(key, 1)
-    if rule.autodiff:
+    if init_feedback is None:
         feedback = model.init(feedback_key, x, train=False).get("feedback", {})
     else:
         signals = jax.eval_shape(lambda: model.apply(variables, x, train=False))
-        feedback = rule.init_feedback(feedback_key, signals, params)
+        feedback = init_feedback(feedback_key, signals, params)
     opt_state = tx.init({"params": params, "feedback": feedback})
     return steps.TrainState(jnp.asarray(0, jnp.int32), params, feedback, opt_state,
                             dict(variables.get("batch_stats", {})))
@@ -287,9 +308,10 @@ def create_setup(config: ml_collections.ConfigDict, *, input_shape, num_classes:
     update_rule = create_rule(config, rule, total_steps=total_steps)
     tx = create_optimizer(config, total_steps=total_steps, rule=rule, update_rule=update_rule)
     key = jax.random.key(config.seed)
-    state = create_train_state(key, model, _start_rule(config, rule, update_rule,
-                                                       state_template), tx, (1, *input_shape))
-    step_kwargs = dict(model=model, rule=update_rule, tx=tx, key=jax.random.fold_in(key, 2),
+    state = create_train_state(key, model, tx, (1, *input_shape),
+                               create_feedback(config, rule, weight_mirror=not state_template))
+    autodiff = rules.RULES[rule or config.rule].autodiff
+    step_kwargs = dict(model=model, tx=tx, autodiff=autodiff, key=jax.random.fold_in(key, 2),
                        noise_std=config.input_noise, num_classes=num_classes,
                        sharding=sharding, augment=config.augment, normalization=normalization)
     train_fn = jax.jit(functools.partial(steps.train_steps, **step_kwargs),
@@ -297,17 +319,6 @@ def create_setup(config: ml_collections.ConfigDict, *, input_shape, num_classes:
     eval_fn = jax.jit(functools.partial(steps.eval_step, model=model,
                                         normalization=normalization))
     return Setup(model, update_rule, tx, state, step_kwargs, train_fn, eval_fn)
-
-
-def _start_rule(config, rule, update_rule, state_template: bool) -> rules.Rule:
-    """The rule whose `init_feedback` builds the initial state: `update_rule`, or for a mere
-    template the same rule without the weight mirror (no other option touches the init)."""
-    if not state_template or not config.lra.get("weight_mirror", 0.0):
-        return update_rule
-    plain = config.copy_and_resolve_references()
-    with plain.unlocked():
-        plain.lra.weight_mirror = 0.0
-    return create_rule(plain, rule)
 
 
 def describe_model(config: ml_collections.ConfigDict, input_shape, num_classes: int) -> str:
@@ -338,13 +349,13 @@ def certify_config(config: ml_collections.ConfigDict, *, batch_size: int = 2,
     setup = create_setup(config, input_shape=shape, num_classes=num_classes or info.num_classes,
                          total_steps=100, normalization=info.normalization, donate=False,
                          state_template=True)
-    update_rule = rule or setup.rule
     tx = setup.tx if rule is None else create_optimizer(config, total_steps=100,
                                                         update_rule=rule)
     # The certificate reads the step's computation, not the synapses' values: a state
     # without the weight mirror (same shapes) serves for config's own rule.
     state = setup.state if rule is None else create_train_state(
-        jax.random.key(0), setup.model, update_rule, tx, (1, *shape))
+        jax.random.key(0), setup.model, tx, (1, *shape),
+        create_feedback(config, weight_mirror=False))
     images = jnp.zeros((batch_size, *shape))
     labels = jnp.zeros((batch_size,), jnp.int32)
 
@@ -352,8 +363,7 @@ def certify_config(config: ml_collections.ConfigDict, *, batch_size: int = 2,
         return setup.model.apply(steps.model_variables(params, state.batch_stats), x,
                                  train=False)
 
-    step = functools.partial(steps.train_step, **dict(setup.step_kwargs, rule=update_rule,
-                                                      tx=tx))
+    step = functools.partial(steps.train_step, **dict(setup.step_kwargs, tx=tx))
     return certify.certify_step(step, state, images, labels, forward_fn=forward)
 
 
@@ -389,4 +399,5 @@ def create_cosine_fn(config: ml_collections.ConfigDict, setup: Setup, num_classe
     """Jitted per-layer cosine and norm ratio of the rule's kernel deltas to backprop's gradient."""
     return diagnostics.make_cosine_fn(
         setup.model, setup.rule, create_model(config, num_classes, "bp"),
-        create_rule(config, "bp"), num_classes=num_classes, normalization=normalization)
+        create_rule(config, "bp"), num_classes=num_classes, normalization=normalization,
+        autodiff=rules.RULES[config.rule].autodiff)

@@ -28,8 +28,9 @@ import numpy as np
 from absl import logging
 
 from rec_lra_jax import conv
+from rec_lra_jax.models import get_activation
 from rec_lra_jax.sweep import Errors, carry, norm_error
-from rec_lra_jax.wiring import Graph, Synapse, drives, get
+from rec_lra_jax.wiring import Graph, Synapse, build, drives, get
 
 FEEDBACK_RULES = ("kp", "fixed", "error_displacement")
 FEEDBACK_INITS = ("lra_e", "unit", "he", "lecun")
@@ -139,6 +140,24 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
             delta = out[synapse.source[1]]
             out[name] = jnp.zeros(synapse.shape) if rule == "fixed" else gamma * delta
     return out
+
+
+def init_feedback(key: jax.Array, wiring, signals: Any, params: dict, *,
+                  activation: Any = None, feedback_init: str | None = None,
+                  feedback_scale: float = 1.0, weight_mirror: float = 0.0
+                  ) -> dict[str, jax.Array]:
+    """The error synapses of `wiring` (a `Wiring`) on a model whose forward gave `signals`
+    (arrays or shapes) for `params`: random (`init_synapses`), then, with
+    `weight_mirror` > 0, the synapses that mirror a layer started at its weight-mirror
+    estimate (`weight_mirror`). `Wiring.init` calls this. A rule reads synapses; it does
+    not make them, as an optimizer does not make parameters."""
+    phi = get_activation(activation) if activation is not None else None
+    graph = build(wiring, signals, params, phi)
+    synapses = init_synapses(key, graph, feedback_init, feedback_scale)
+    if weight_mirror:
+        synapses = _weight_mirror(jax.random.fold_in(key, 0x5EED), graph, signals,
+                                       params, synapses, weight_mirror)
+    return synapses
 
 
 def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
@@ -327,3 +346,6 @@ def _mirror_chunk(xi, kernel, strides, padding):
     """corr(xi, conv(xi, W)) / N for N noise inputs xi."""
     y = conv.conv(xi, kernel, strides=strides, padding=padding)
     return conv.kernel_delta(xi, y, kernel.shape, strides=strides, padding=padding)
+
+
+_weight_mirror = weight_mirror  # init_feedback's argument of that name shadows it

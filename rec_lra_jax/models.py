@@ -9,8 +9,8 @@ A dense chain trained by a rule as an optax transform (rules.py):
 >>> params = model.init(jax.random.key(0), x)["params"]
 >>> signals = model.apply({"params": params}, x)
 >>> rule = rl.rec_lra(beta=0.1, activation="tanh")
->>> trainables = {"params": params,
-...               "feedback": rule.init_feedback(jax.random.key(1), signals, params)}
+>>> feedback = rl.Wiring().init(jax.random.key(1), signals, params, activation="tanh")
+>>> trainables = {"params": params, "feedback": feedback}
 >>> tx = optax.chain(rule, optax.adam(1e-3))
 >>> updates, _ = tx.update(trainables, tx.init(trainables), trainables,
 ...                        signals=signals, labels=labels)

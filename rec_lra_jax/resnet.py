@@ -15,7 +15,7 @@ A residual net trained by rec-LRA as an optax transform (rules.py), beta schedul
 >>> variables = model.init(jax.random.key(0), x)
 >>> signals, _ = model.apply(variables, x, mutable=["batch_stats"])
 >>> rule = optax.inject_hyperparams(rl.rec_lra)(beta=optax.linear_schedule(0.05, 0.2, 100))
->>> feedback = rl.rec_lra().init_feedback(jax.random.key(1), signals, variables["params"])
+>>> feedback = rl.Wiring().init(jax.random.key(1), signals, variables["params"])
 >>> trainables = {"params": variables["params"], "feedback": feedback}
 >>> tx = optax.chain(rule, optax.sgd(0.1))
 >>> updates, _ = tx.update(trainables, tx.init(trainables), trainables, signals=signals,

@@ -106,17 +106,14 @@ def forward(model, params, feedback, batch_stats, images, *, autodiff: bool = Fa
     return signals, updates.get("batch_stats", batch_stats)
 
 
-def rule_inputs(model, rule: rules.Rule, params, feedback, batch_stats, images, onehot):
+def rule_inputs(model, autodiff: bool, params, feedback, batch_stats, images, onehot):
     """(incoming updates, signals, new batch statistics) for the rule's `update`.
 
-    Autodiff rules get the gradient of the cross-entropy through the model (built with
-    their `backward`); local rules compute their own deltas and ignore the incoming updates.
+    Autodiff rules (`rules.RULES[name].autodiff`) get the gradient of the cross-entropy
+    through the model (built with their `backward`); local rules compute their own deltas
+    and ignore the incoming updates.
     """
-    backward = getattr(model, "backward", "exact")
-    if backward != rule.backward:
-        raise ValueError(f"This rule needs a model built with backward={rule.backward!r}; got "
-                         f"{backward!r} (builder.create_model builds the right one).")
-    if rule.autodiff:
+    if autodiff:
         def loss_fn(p):
             signals, stats = forward(model, p, feedback, batch_stats, images, autodiff=True)
             return rules.cross_entropy(signals["logits"], onehot), (signals, stats)
@@ -128,12 +125,13 @@ def rule_inputs(model, rule: rules.Rule, params, feedback, batch_stats, images, 
 
 
 def rule_deltas(model, rule: rules.Rule, params, feedback, batch_stats, images, onehot,
-                rule_state=None):
+                rule_state=None, *, autodiff: bool = False):
     """The rule's deltas on one batch, before any optimizer: {"params", "feedback"}.
 
     `rule_state`: the rule's optax state in training (the first entry of the train
-    state's opt_state), which holds a scheduled beta's step; None: a fresh state."""
-    incoming, signals, _ = rule_inputs(model, rule, params, feedback, batch_stats, images,
+    state's opt_state), which holds a scheduled beta's step; None: a fresh state.
+    `autodiff`: the rule is an autodiff baseline (`rules.RULES[name].autodiff`)."""
+    incoming, signals, _ = rule_inputs(model, autodiff, params, feedback, batch_stats, images,
                                        onehot)
     trainables = {"params": params, "feedback": feedback}
     state = rule.init(trainables) if rule_state is None else rule_state
@@ -143,18 +141,18 @@ def rule_deltas(model, rule: rules.Rule, params, feedback, batch_stats, images, 
 
 def train_step(
     state: TrainState, images: jax.Array, labels: jax.Array, *,
-    model, rule: rules.Rule, tx: optax.GradientTransformation,
+    model, tx: optax.GradientTransformation, autodiff: bool,
     key: jax.Array, noise_std: float, num_classes: int, sharding=None, augment: str = "none",
     normalization: str = "unit",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update: augmentation, input noise, one forward pass, the optax chain. Pure.
 
-    `tx` starts with the rule (`rules.Rule`), which gets the forward signals and one-hot
-    labels as extra args (local rules) or the autodiff gradient as its incoming updates
-    (rule.autodiff). metrics["finite"] says whether the loss is finite (`train_steps` adds
-    the state's health). A step whose loss or new BatchNorm statistics are non-finite keeps
-    the old statistics (with on_nonfinite="skip" its update is skipped too, so a skipped
-    batch leaves no trace in the state).
+    `tx` starts with the rule, which gets the forward signals and one-hot labels as extra
+    args (local rules) or, with `autodiff` (`rules.RULES[name].autodiff`), the gradient
+    through the model as its incoming updates. metrics["finite"] says whether the loss is
+    finite (`train_steps` adds the state's health). A step whose loss or new BatchNorm
+    statistics are non-finite keeps the old statistics (with on_nonfinite="skip" its update
+    is skipped too, so a skipped batch leaves no trace in the state).
     """
     if sharding is not None:
         images = jax.lax.with_sharding_constraint(images, sharding)
@@ -169,8 +167,9 @@ def train_step(
         images = images + noise_std * jax.random.normal(noise_key, images.shape, images.dtype)
     onehot = jax.nn.one_hot(labels, num_classes)
     trainables = {"params": state.params, "feedback": state.feedback}
-    incoming, signals, batch_stats = rule_inputs(model, rule, state.params, state.feedback,
-                                                 state.batch_stats, images, onehot)
+    incoming, signals, batch_stats = rule_inputs(model, autodiff, state.params,
+                                                 state.feedback, state.batch_stats, images,
+                                                 onehot)
     updates, opt_state = tx.update(incoming, state.opt_state, trainables, signals=signals,
                                    labels=onehot)
     trainables = optax.apply_updates(trainables, updates)

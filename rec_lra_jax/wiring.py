@@ -113,6 +113,18 @@ class Wiring:
     skip_learning: str = "kp"
     skip_activity: bool = False
 
+    def init(self, key: jax.Array, signals: Any, params: dict, *, activation: Any = None,
+             feedback_init: str | None = None, feedback_scale: float = 1.0,
+             weight_mirror: float = 0.0) -> dict[str, jax.Array]:
+        """The error synapses of this wiring on a model whose forward gave `signals` (arrays
+        or shapes) for `params`, as `model.init` gives a model's parameters
+        (`local.init_feedback`: the options and what they do)."""
+        from rec_lra_jax import local  # noqa: PLC0415 - local builds on this module
+
+        return local.init_feedback(key, self, signals, params, activation=activation,
+                                   feedback_init=feedback_init, feedback_scale=feedback_scale,
+                                   weight_mirror=weight_mirror)
+
     def __post_init__(self):
         if self.sources not in SOURCES:
             raise ValueError(f"Unknown wiring sources {self.sources!r}; choose one of {SOURCES}.")

@@ -44,19 +44,27 @@ def smoke_config(module=None, **overrides):
     return config
 
 
-def rule_feedback(rule, model, params, x, seed=1):
-    """The rule's fresh error synapses for `model` (sized from its signals on x)."""
-    from rec_lra_jax import steps  # noqa: PLC0415
+def rule_feedback(wiring, model, params, x, seed=1, *, activation="tanh", **init):
+    """Fresh error synapses of `wiring` (a Wiring, or a rule name for its wiring) for `model`
+    (sized from its signals on x); `init`: Wiring.init's options."""
+    from rec_lra_jax import rules, steps  # noqa: PLC0415
 
+    if isinstance(wiring, str):
+        wiring = rules.wiring_of(wiring)
     signals = model.apply(steps.model_variables(params, {}), x, train=False)
-    return rule.init_feedback(jax.random.key(seed), signals, params)
+    return wiring.init(jax.random.key(seed), signals, params, activation=activation, **init)
 
 
 def rule_deltas(rule, model, params, feedback, x, labels, batch_stats=None):
-    """The rule's deltas {"params", "feedback"} on one batch (no optimizer)."""
-    from rec_lra_jax import steps  # noqa: PLC0415
+    """The rule's deltas {"params", "feedback"} on one batch (no optimizer). `rule`: a
+    transform of a local rule, or a registry name ("bp": its transform, autodiff)."""
+    from rec_lra_jax import rules, steps  # noqa: PLC0415
 
-    return steps.rule_deltas(model, rule, params, feedback, batch_stats or {}, x, labels)
+    autodiff = False
+    if isinstance(rule, str):
+        autodiff, rule = rules.RULES[rule].autodiff, rules.RULES[rule].factory()
+    return steps.rule_deltas(model, rule, params, feedback, batch_stats or {}, x, labels,
+                             autodiff=autodiff)
 
 
 def unit_errors(model, params, feedback, x, labels, *, wiring=None, activation="tanh",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from rec_lra_jax import builder, steps
+from rec_lra_jax import builder, rules, steps
 from tests.fixtures import make_deltas_v0 as cases
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -81,14 +81,15 @@ def _check_case(name, config, inputs, outputs):
     if name == "mlp_fa":
         feedback = _old_fa_feedback(feedback, params)
     batch_stats = inputs.get("batch_stats", {})
-    if not rule.autodiff:  # the synapses a fresh init gives have the frozen shapes
+    autodiff = rules.RULES[config.rule].autodiff
+    if not autodiff:  # the synapses a fresh init gives have the frozen shapes
         signals = jax.eval_shape(lambda: model.apply(
             steps.model_variables(params, batch_stats), inputs["x"][:1], train=False))
-        shapes = jax.tree.map(lambda a: a.shape, rule.init_feedback(
-            jax.random.key(0), signals, params))
+        init = builder.create_feedback(config, weight_mirror=False)
+        shapes = jax.tree.map(lambda a: a.shape, init(jax.random.key(0), signals, params))
         assert shapes == jax.tree.map(lambda a: a.shape, feedback)
     deltas = steps.rule_deltas(model, rule, params, feedback, batch_stats, inputs["x"],
-                               inputs["labels"])
+                               inputs["labels"], autodiff=autodiff)
     assert {a.dtype for a in jax.tree.leaves(deltas)} == {jnp.dtype("float64")}
     _assert_close(deltas["params"], outputs["deltas"]["params"], "params")
     if name == "mlp_fa":  # FA's feedback is the model's fixed kernels now: zero deltas

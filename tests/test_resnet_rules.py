@@ -10,32 +10,37 @@ from rec_lra_jax.wiring import Wiring
 from tests.helpers import mirror_oracle, rule_deltas
 
 
-def _setup(depth, stem, rule, size=16, batch=2, backward="exact", **model_kwargs):
+def _setup(depth, stem, wiring, size=16, batch=2, backward="exact", **model_kwargs):
+    """(model, variables, feedback, x, labels); feedback from `wiring.init`, or with
+    wiring None (an autodiff rule) the model's own fixed feedback kernels."""
     model = resnet.resnet(depth, num_classes=10, width=4, stem=stem, backward=backward,
                           **model_kwargs)
     x = jax.random.normal(jax.random.key(2), (batch, size, size, 3))
     labels = jax.nn.one_hot(jnp.arange(batch) % 10, 10)
     variables = model.init(jax.random.key(0), x, train=False)
-    if rule.autodiff:
+    if wiring is None:
         feedback = model.init(jax.random.key(1), x, train=False).get("feedback", {})
     else:
         signals = model.apply(variables, x, train=False)
-        feedback = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+        feedback = wiring.init(jax.random.key(1), signals, variables["params"])
     return model, variables, feedback, x, labels
 
 
-RULES = {
-    "rec_lra_dense": lambda: rules.rec_lra(),
-    "rec_lra_channel": lambda: rules.rec_lra(wiring=Wiring(skip_source="channel")),
-    "rec_lra_head": lambda: rules.rec_lra(wiring=Wiring(skip_source="head")),
-    "rec_lra_depth1": lambda: rules.rec_lra(wiring=Wiring(depth=1)),
-    "rec_lra_depth3": lambda: rules.rec_lra(wiring=Wiring(depth=3)),
-    "rec_lra_stage": lambda: rules.rec_lra(wiring=Wiring(module="stage"), rescale=True),
-    "rec_lra_local": lambda: rules.rec_lra(wiring=Wiring(module="stage", local_loss="mixed",
-                                                         local_loss_grid=2)),
-    "kp": lambda: rules.kolen_pollack(),
-    "lra_e": rules.lra_e,
-    "dfa": rules.dfa,
+def _wired(wiring, **options):
+    return lambda: (rules.rec_lra(wiring=wiring, **options), wiring)
+
+
+RULES = {  # name: () -> (rule, its wiring)
+    "rec_lra_dense": _wired(Wiring()),
+    "rec_lra_channel": _wired(Wiring(skip_source="channel")),
+    "rec_lra_head": _wired(Wiring(skip_source="head")),
+    "rec_lra_depth1": _wired(Wiring(depth=1)),
+    "rec_lra_depth3": _wired(Wiring(depth=3)),
+    "rec_lra_stage": _wired(Wiring(module="stage"), rescale=True),
+    "rec_lra_local": _wired(Wiring(module="stage", local_loss="mixed", local_loss_grid=2)),
+    "kp": lambda: (rules.kolen_pollack(), rules.wiring_of("kp")),
+    "lra_e": lambda: (rules.lra_e(), rules.wiring_of("lra_e")),
+    "dfa": lambda: (rules.dfa(), rules.wiring_of("dfa")),
 }
 
 
@@ -48,8 +53,8 @@ RULES = {
     (50, "imagenet", "rec_lra_stage"), (18, "cifar", "rec_lra_local"),
 ])
 def test_deltas_match_params_and_feedback(depth, stem, rule):
-    rule = RULES[rule]()
-    model, variables, feedback, x, labels = _setup(depth, stem, rule,
+    rule, wiring = RULES[rule]()
+    model, variables, feedback, x, labels = _setup(depth, stem, wiring,
                                                    size=32 if stem == "imagenet" else 16)
     deltas = jax.eval_shape(lambda: rule_deltas(rule, model, variables["params"], feedback, x,
                                                 labels, variables["batch_stats"]))
@@ -105,7 +110,7 @@ def _hand_written(params, feedback, acts, labels, beta):
 
 def test_sweep_equals_hand_written_loop():
     rule = rules.rec_lra(beta=0.3)
-    model, variables, feedback, x, labels = _setup(18, "cifar", rule, batch=3)
+    model, variables, feedback, x, labels = _setup(18, "cifar", Wiring(), batch=3)
     params = jax.tree.map(  # non-trivial BN scales, so the Jacobian's gain is exercised
         lambda p: p * 1.3 if p.ndim == 1 else p, variables["params"])
     acts, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
@@ -152,36 +157,33 @@ def test_feedback_conv_sends_the_cotangent_through_b():
 
 @pytest.mark.parametrize("backward", ["fa", "sign"])
 def test_autodiff_baselines(backward):
-    rule = {"fa": rules.feedback_alignment, "sign": rules.sign_symmetry}[backward]()
-    model, variables, feedback, x, labels = _setup(18, "cifar", rule, backward=backward)
+    rule = {"fa": "fa", "sign": "sign_symmetry"}[backward]
+    assert rules.RULES[rule].backward == backward
+    model, variables, feedback, x, labels = _setup(18, "cifar", None, backward=backward)
     assert bool(feedback) == (backward == "fa")
     deltas = rule_deltas(rule, model, variables["params"], feedback, x, labels,
                          variables["batch_stats"])
-    bp = rules.backprop()
-    exact = rule_deltas(bp, model.clone(backward="exact"), variables["params"], {}, x, labels,
-                        variables["batch_stats"])
+    exact = rule_deltas("bp", model.clone(backward="exact"), variables["params"], {}, x,
+                        labels, variables["batch_stats"])
     # The head's gradient needs no feedback: identical; the stem's differs from backprop.
     np.testing.assert_allclose(deltas["params"]["head"]["kernel"],
                                exact["params"]["head"]["kernel"], rtol=1e-5, atol=1e-7)
     assert not np.allclose(deltas["params"]["stem"]["conv"]["kernel"],
                            exact["params"]["stem"]["conv"]["kernel"])
-    with pytest.raises(ValueError, match="backward"):
-        rule_deltas(bp, model, variables["params"], {}, x, labels, variables["batch_stats"])
 
 
 def test_bad_options():
-    rule = rules.rec_lra(wiring=Wiring(depth=4))
-    model, variables, _, x, labels = _setup(18, "cifar", rules.rec_lra())
+    model, variables, _, x, labels = _setup(18, "cifar", Wiring())
     signals = model.apply(variables, x, train=False)
     with pytest.raises(ValueError, match="bn_error"):
         rules.rec_lra(bn_error="none")
     with pytest.raises(ValueError, match="skip source"):
         Wiring(skip_source="random")
     with pytest.raises(ValueError, match="depth 1, 2 or 3"):
-        rule.init_feedback(jax.random.key(0), signals, variables["params"])
+        Wiring(depth=4).init(jax.random.key(0), signals, variables["params"])
     with pytest.raises(ValueError, match="'dense' or 'channel'"):
-        rules.dfa(skip_source="head").init_feedback(jax.random.key(0), signals,
-                                                    variables["params"])
+        rules.wiring_of("dfa", skip_source="head").init(jax.random.key(0), signals,
+                                                        variables["params"])
 
 
 def test_depth3_wiring_is_a_graph_variant_only():
@@ -190,7 +192,7 @@ def test_depth3_wiring_is_a_graph_variant_only():
     blocks the depth-2 wiring stays. Only wiring.py knows; the sweep and deltas run as is."""
     from rec_lra_jax import wiring  # noqa: PLC0415
 
-    model, variables, _, x, labels = _setup(18, "cifar", rules.rec_lra())
+    model, variables, _, x, labels = _setup(18, "cifar", Wiring())
     signals = model.apply(variables, x, train=False)
     graph = wiring.build(wiring.Wiring(depth=3), signals, variables["params"], None)
     drive = {b: graph.synapses[b] for b in (f"block_{i:02d}" for i in range(8))}
@@ -206,14 +208,13 @@ def test_depth3_wiring_is_a_graph_variant_only():
             assert graph.units[b].adjacent
     assert graph.synapses["block_02_conv1"].source == ("layer", "block_02_conv2")
     rule = rules.rec_lra(wiring=wiring.Wiring(depth=3))
-    feedback = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    feedback = Wiring(depth=3).init(jax.random.key(1), signals, variables["params"])
     deltas = rule_deltas(rule, model, variables["params"], feedback, x, labels,
                          variables["batch_stats"])
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(deltas))
     # Blocks driven from the block above differ from depth 2's, the head's delta does not.
     base = rule_deltas(rules.rec_lra(), model, variables["params"],
-                       rules.rec_lra().init_feedback(jax.random.key(1), signals,
-                                                     variables["params"]),
+                       Wiring().init(jax.random.key(1), signals, variables["params"]),
                        x, labels, variables["batch_stats"])
     np.testing.assert_array_equal(deltas["params"]["head"]["kernel"],
                                   base["params"]["head"]["kernel"])
@@ -232,7 +233,7 @@ def test_kolen_pollack_with_transported_weights_is_backprop(depth, stem):
         assert {s.kind for s in graph.synapses.values()} <= {"conv", "pool", "identity"}
         rule = rules.kolen_pollack(beta=1e-7)
         deltas = rule_deltas(rule, model, params, oracle, x, labels, variables["batch_stats"])
-        grads = rule_deltas(rules.backprop(), model, params, {}, x, labels,
+        grads = rule_deltas("bp", model, params, {}, x, labels,
                             variables["batch_stats"])
         for (path, delta), grad in zip(jax.tree_util.tree_leaves_with_path(deltas["params"]),
                                        jax.tree.leaves(grads["params"]), strict=True):
@@ -250,7 +251,7 @@ def test_kp_synapses_learn_the_deltas_of_the_layers_they_mirror():
         params = variables["params"]
         rule = rules.kolen_pollack()
         signals = model.apply(variables, x, train=False)
-        feedback = rule.init_feedback(jax.random.key(1), signals, params)
+        feedback = rules.wiring_of("kp").init(jax.random.key(1), signals, params)
         assert "block_00_skip" not in feedback and "block_01_skip" in feedback
         deltas = rule_deltas(rule, model, params, feedback, x, labels,
                              variables["batch_stats"])
@@ -270,11 +271,10 @@ def test_rescale_keeps_errors_from_shrinking_along_the_chain():
     same order."""
     from rec_lra_jax import wiring  # noqa: PLC0415
 
-    model, variables, _, x, labels = _setup(18, "cifar", rules.rec_lra())
+    model, variables, _, x, labels = _setup(18, "cifar", Wiring())
     signals = model.apply(variables, x, train=False)
     graph = wiring.build(Wiring("transpose"), signals, variables["params"], None)
-    rule = rules.kolen_pollack()
-    feedback = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    feedback = Wiring("transpose").init(jax.random.key(1), signals, variables["params"])
     ratios = {}
     for rescale in (False, True):
         units = sweep.run(graph, signals, labels, feedback, beta=0.1, rescale=rescale).units

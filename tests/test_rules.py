@@ -14,7 +14,8 @@ from tests.helpers import rule_deltas, rule_feedback, tiny_mlp, unit_errors
 def _run(model, params, x, y, rule_fn=rules.rec_lra, wiring=None, **kwargs):
     """(feedback, deltas, errors) of rule_fn(**kwargs) on the tiny MLP."""
     rule = rule_fn(activation="tanh", **({"wiring": wiring} if wiring else {}), **kwargs)
-    feedback = rule_feedback(rule, model, params, x)
+    name = {rules.rec_lra: "rec_lra", rules.lra_e: "lra_e", rules.kolen_pollack: "kp"}[rule_fn]
+    feedback = rule_feedback(rules.wiring_of(name, wiring=wiring), model, params, x)
     deltas = rule_deltas(rule, model, params, feedback, x, y)
     sweep_options = {k: v for k, v in kwargs.items() if k in ("beta", "error_unit")}
     if rule_fn is rules.lra_e:
@@ -62,7 +63,7 @@ def test_dx_delta_is_autodiff_of_squared_target_loss():
 def test_output_delta_is_cross_entropy_gradient_of_its_own_weights():
     model, params, x, y = tiny_mlp()
     _, deltas, _, _ = _run(model, params, x, y)
-    grads = rule_deltas(rules.backprop(), model, params, {}, x, y)
+    grads = rule_deltas("bp", model, params, {}, x, y)
     np.testing.assert_allclose(deltas["params"]["layer_03"]["kernel"],
                                grads["params"]["layer_03"]["kernel"], rtol=1e-5, atol=1e-7)
 
@@ -70,7 +71,7 @@ def test_output_delta_is_cross_entropy_gradient_of_its_own_weights():
 @pytest.mark.parametrize("unit", ["mixed", "cauchy"])
 def test_output_error_unit_keeps_the_cross_entropy_error_at_the_output(unit):
     model, params, x, y = tiny_mlp()
-    grads = rule_deltas(rules.backprop(), model, params, {}, x, y)
+    grads = rule_deltas("bp", model, params, {}, x, y)
     _, deltas, _, _ = _run(model, params, x, y, error_unit=unit, alpha_skip=0.19)
     np.testing.assert_allclose(deltas["params"]["layer_03"]["kernel"],
                                grads["params"]["layer_03"]["kernel"], rtol=1e-5, atol=1e-7)
@@ -111,14 +112,14 @@ def test_rec_lra_with_large_modules_equals_lra_e():
 
 def test_rec_lra_feedback_shapes_follow_the_skip_wiring():
     model, params, x, y = tiny_mlp(features=(6, 6, 6, 6, 4))
-    feedback = rule_feedback(rules.rec_lra(activation="tanh"), model, params, x)
+    feedback = rule_feedback("rec_lra", model, params, x)
     assert feedback["layer_01"].shape == (4, 6)  # E_{L->2}: skip from the output
     assert feedback["layer_00"].shape == (6, 6)  # E_{2->1}: adjacent
 
 
 def test_backprop_rule_is_jax_grad():
     model, params, x, y = tiny_mlp(residual_gap=1)
-    deltas = rule_deltas(rules.backprop(), model, params, {}, x, y)
+    deltas = rule_deltas("bp", model, params, {}, x, y)
     want = jax.grad(lambda p: jnp.mean(optax.softmax_cross_entropy(
         model.apply({"params": p}, x)["logits"], y)))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), deltas["params"], want)
@@ -128,7 +129,7 @@ def test_dfa_on_one_hidden_layer_with_tied_feedback_is_backprop():
     model, params, x, y = tiny_mlp(features=(6, 4))
     tied = {"layer_00": params["layer_01"]["kernel"].T}
     dfa = rule_deltas(rules.dfa(activation="tanh"), model, params, tied, x, y)
-    bp = rule_deltas(rules.backprop(), model, params, {}, x, y)
+    bp = rule_deltas("bp", model, params, {}, x, y)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                  dfa["params"], bp["params"])
 
@@ -136,7 +137,7 @@ def test_dfa_on_one_hidden_layer_with_tied_feedback_is_backprop():
 def test_bad_inputs_get_clear_errors():
     model, params, x, y = tiny_mlp()
     rule = rules.rec_lra(activation="tanh")
-    feedback = rule_feedback(rule, model, params, x)
+    feedback = rule_feedback("rec_lra", model, params, x)
     with pytest.raises(ValueError, match="one-hot"):
         rule_deltas(rule, model, params, feedback, x, jnp.argmax(y, -1))
     with pytest.raises(ValueError, match="parameters expect 9 features"):
@@ -144,4 +145,4 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="feedback rule"):
         rules.rec_lra(feedback_rule="hebbian")
     with pytest.raises(ValueError, match="activation"):
-        rule_feedback(rules.rec_lra(), model, params, x)  # a dense chain needs its phi
+        rule_feedback("rec_lra", model, params, x, activation=None)  # a dense chain needs phi

@@ -53,7 +53,7 @@ def test_error_units_values():
 
 def test_compute_errors_matches_numpy_by_hand():
     model, params, x, y = tiny_mlp()
-    feedback = rule_feedback(rules.rec_lra(activation="tanh"), model, params, x, seed=3)
+    feedback = rule_feedback("rec_lra", model, params, x, seed=3)
     acts = model.apply({"params": params}, x)
     errors, out = unit_errors(model, params, feedback, x, y, beta=0.3)
     disp = out.displacements
@@ -74,7 +74,7 @@ def test_gradient_mode_with_tied_feedback_is_backprop():
     fa = rules.local_rule(wiring=Wiring("adjacent"), mode="gradient", feedback_rule="fixed",
                           activation="tanh")
     fa_deltas = rule_deltas(fa, model, params, tied_feedback(params, sources), x, y)
-    bp_deltas = rule_deltas(rules.backprop(), model, params, {}, x, y)
+    bp_deltas = rule_deltas("bp", model, params, {}, x, y)
     for a, b in zip(jax.tree.leaves(fa_deltas["params"]), jax.tree.leaves(bp_deltas["params"]),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -89,7 +89,7 @@ def test_small_beta_limit_spec_check_1():
         sources = adjacent_sources(4)
         rule = rules.lra_e(beta=beta, activation="tanh")
         deltas = rule_deltas(rule, model, params, tied_feedback(params, sources), x, y)
-        grads = rule_deltas(rules.backprop(), model, params, {}, x, y)
+        grads = rule_deltas("bp", model, params, {}, x, y)
         cos = {k: float(v) for k, v in
                diagnostics.layer_cosines(deltas["params"], grads["params"]).items()}
         ratios = {k: float(v) for k, v in
@@ -104,8 +104,8 @@ def test_untied_cosines_are_not_trivially_one():
     """Control for the check above: random E gives cosines far from 1 in the hidden layers."""
     model, params, x, y = tiny_mlp(features=(16, 16, 16, 5), input_dim=12, batch=32)
     rule = rules.lra_e(beta=1e-3, activation="tanh")
-    deltas = rule_deltas(rule, model, params, rule_feedback(rule, model, params, x, 9), x, y)
-    grads = rule_deltas(rules.backprop(), model, params, {}, x, y)
+    deltas = rule_deltas(rule, model, params, rule_feedback("lra_e", model, params, x, 9), x, y)
+    grads = rule_deltas("bp", model, params, {}, x, y)
     cos = diagnostics.layer_cosines(deltas["params"], grads["params"])
     assert cos["layer_03"] > 0.999  # the output layer's delta is the true gradient
     assert min(cos["layer_00"], cos["layer_01"]) < 0.9

@@ -24,7 +24,6 @@ from rec_lra_jax import (
     checkpoints,
     input_pipeline,
     metrics,
-    rules,
     sources,
     steps,
     train,
@@ -158,13 +157,16 @@ def _zero_rule():
     def update(updates, state, params, *, signals, labels):
         del updates, signals, labels
         return jax.tree.map(jnp.zeros_like, params), state
-    return rules._rule(lambda params: optax.EmptyState(), update)
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
 def test_trainer_aggregates_metrics_exactly(tmp_path, monkeypatch):
     """With a fake model the epoch records are known in closed form (scenic-style test)."""
     monkeypatch.setattr(builder, "create_model", lambda config, n, rule=None: _ZeroLogits((n,)))
     monkeypatch.setattr(builder, "create_rule", lambda config, rule=None, **kw: _zero_rule())
+    monkeypatch.setattr(builder, "create_feedback",
+                        lambda config, rule=None, **kw: lambda key, signals, params: {})
+    monkeypatch.setattr(builder, "target_hops", lambda config, rule=None, **kw: 0)
     config = smoke_config(input_noise=0.0)
     train.train_and_evaluate(config, str(tmp_path))
     raw = input_pipeline.synthetic_arrays((28, 28, 1), 10, seed=0)

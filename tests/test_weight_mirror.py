@@ -21,8 +21,9 @@ def test_weight_mirror_starts_each_synapse_near_the_layer_it_mirrors():
         params = variables["params"]
         signals = model.apply(variables, x, train=False)
         for samples in (0.0, 100.0):
-            rule = rules.kolen_pollack(beta=1e-7, weight_mirror=samples)
-            feedback = rule.init_feedback(jax.random.key(1), signals, params)
+            rule = rules.kolen_pollack(beta=1e-7)
+            feedback = rules.wiring_of("kp").init(jax.random.key(1), signals, params,
+                                                  weight_mirror=samples)
             assert set(feedback) == set(oracle)
             errors = [float(jnp.linalg.norm(feedback[n] - o) / jnp.linalg.norm(o))
                       for n, o in oracle.items()]
@@ -32,7 +33,7 @@ def test_weight_mirror_starts_each_synapse_near_the_layer_it_mirrors():
                 assert min(errors) > 0.9
         deltas = rule_deltas(rule, model, params, feedback, x, labels,
                              variables["batch_stats"])
-        grads = rule_deltas(rules.backprop(), model, params, {}, x, labels,
+        grads = rule_deltas("bp", model, params, {}, x, labels,
                             variables["batch_stats"])
         cosines = [float(jnp.vdot(d, g) / (jnp.linalg.norm(d) * jnp.linalg.norm(g)))
                    for d, g in zip(jax.tree.leaves(deltas["params"]),
@@ -49,9 +50,9 @@ def test_weight_mirror_needs_mirrored_synapses():
     x = jnp.ones((2, 5))
     params = model.init(jax.random.key(0), x)["params"]
     signals = model.apply({"params": params}, x)
-    rule = rules.rec_lra(weight_mirror=10.0, activation="tanh")
     with pytest.raises(ValueError, match="mirror a forward layer"):
-        rule.init_feedback(jax.random.key(1), signals, params)
+        rules.wiring_of("rec_lra").init(jax.random.key(1), signals, params,
+                                        activation="tanh", weight_mirror=10.0)
 
 
 def test_weight_mirror_reports_progress(monkeypatch):

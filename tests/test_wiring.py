@@ -94,7 +94,7 @@ def test_kolen_pollack_on_an_mlp_with_tied_synapses_is_backprop():
         feedback = tied_feedback(params, (2, 3, 4))
         deltas = rule_deltas(rules.kolen_pollack(beta=1e-7, activation="tanh"), model, params,
                              feedback, x, labels)
-        grads = rule_deltas(rules.backprop(), model, params, {}, x, labels)
+        grads = rule_deltas("bp", model, params, {}, x, labels)
         for delta, grad in zip(jax.tree.leaves(deltas["params"]),
                                jax.tree.leaves(grads["params"]), strict=True):
             np.testing.assert_allclose(delta, grad, rtol=0, atol=1e-6 * np.abs(grad).max())
@@ -106,9 +106,10 @@ def test_local_loss_readout_and_its_synapse_stay_transposes():
     (AdamW, SGD) the synapse stays A^T without reading it; the readout's delta is its own
     cross-entropy's gradient."""
     model, variables, signals, x, labels = _resnet()
-    rule = rules.rec_lra(wiring=Wiring(module="stage", local_loss="only", local_loss_grid=2),
+    wiring = Wiring(module="stage", local_loss="only", local_loss_grid=2)
+    rule = rules.rec_lra(wiring=wiring,
                          rescale=True)
-    fb = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    fb = wiring.init(jax.random.key(1), signals, variables["params"])
     assert float(jnp.abs(fb["block_03_readout"]).max()) == 0 == float(jnp.abs(fb["block_03"]).max())
     fb = dict(fb, block_03_readout=0.1 * jax.random.normal(jax.random.key(4),
                                                            fb["block_03_readout"].shape))
@@ -144,8 +145,7 @@ def test_regressed_skip_learns_to_predict_its_teacher():
     graph = wiring_lib.build(wiring, signals, params, None)
     assert graph.units["block_05"].teach == ("block_05_teach", "block_05_teach_skip")
     assert "block_05_teach" not in wiring_lib.drives(graph.units["block_05"])
-    rule = rules.rec_lra(wiring=wiring, rescale=True, beta=0.05)
-    feedback = rule.init_feedback(jax.random.key(1), signals, params)
+    feedback = wiring.init(jax.random.key(1), signals, params)
     assert float(jnp.abs(feedback["block_05"]).max()) == 0  # predicts nothing at first
     feedback = dict(feedback, block_05=0.01 * jax.random.normal(
         jax.random.key(3), feedback["block_05"].shape))
@@ -184,9 +184,9 @@ def test_hidden_readout_keeps_its_synapses_transposed():
     """A readout with a hidden layer: A is random and its pool synapse starts as A^T, A_out
     and A_back start at zero; each pair gets transposed deltas, so they stay transposes."""
     model, variables, signals, x, labels = _resnet()
-    rule = rules.rec_lra(wiring=Wiring(module="stage", local_loss="only", local_loss_grid=2,
-                                       local_loss_hidden=8), rescale=True)
-    fb = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    wiring = Wiring(module="stage", local_loss="only", local_loss_grid=2, local_loss_hidden=8)
+    rule = rules.rec_lra(wiring=wiring, rescale=True)
+    fb = wiring.init(jax.random.key(1), signals, variables["params"])
     assert fb["block_03_readout"].shape == (2 * 2 * 8, 8)  # stage 2 of width 4: 8 channels
     assert float(jnp.abs(fb["block_03_readout_out"]).max()) == 0
     fb = {k: v + 0.05 * jax.random.normal(jax.random.key(9), v.shape) if k.endswith("_out")
@@ -217,8 +217,7 @@ def test_reconstruction_decoder_is_a_local_loss_with_a_kolen_pollack_synapse():
     decoder = graph.decoders["block_03_decoder"]
     assert decoder.factor == 2 and decoder.shape == (3, 3, 8, 3)  # 8x8 map of a 16x16 input
     assert wiring_lib.drives(graph.units["block_03"]) == ("block_03", "block_03_recon")
-    rule = rules.rec_lra(wiring=wiring, rescale=True)
-    fb = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    fb = wiring.init(jax.random.key(1), signals, variables["params"])
     assert float(jnp.abs(fb["block_03_decoder"]).max()) == 0 == float(
         jnp.abs(fb["block_03_recon"]).max())
     D = 0.1 * jax.random.normal(jax.random.key(5), decoder.shape)
@@ -265,7 +264,7 @@ def test_stem_module_and_inner_loss_add_readouts_where_they_say():
     sources = [graph.synapses[s].source for s in wiring_lib.drives(graph.units["block_02"])]
     assert ("unit", "block_02_inner_readout") in sources and ("unit", "block_03") in sources
     rule = rules.rec_lra(wiring=wiring, rescale=True)
-    fb = rule.init_feedback(jax.random.key(1), signals, variables["params"])
+    fb = wiring.init(jax.random.key(1), signals, variables["params"])
     trainables = {"params": variables["params"], "feedback": fb}
     deltas, _ = rule.update(trainables, rule.init(trainables), trainables, signals=signals,
                             labels=labels)
