@@ -6,7 +6,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_WORKDIR ?= workdirs/demo
 DEMO_RULES ?= rec_lra,bp
 
-.PHONY: install test lint demo data benchmark clean
+.PHONY: install test test-fast lint demo data benchmark clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,16 @@ install: $(VENV)/.installed
 # module fixtures are made once); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 
+PYTEST_ARGS ?=
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
+
+# The edit-run loop: everything but the command-line tests marked `slow`.
+test-fast: install
+	$(PY) -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

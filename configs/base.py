@@ -144,6 +144,8 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.lra.skip_learning = "kp"
         # regress only: each skip also reads the unit's activity z, d = e E + z (sum_k e_k F_k)
         config.lra.skip_activity = False
+        # perturb only: the probe's step sigma (its output moved by sigma * N(0, 1))
+        config.lra.probe_sigma = 0.05
         config.optim.lr = 3e-3
         config.optim.weight_decay = 0.05
         config.batch_size = 128

@@ -202,12 +202,11 @@ def describe_wiring(config: ml_collections.ConfigDict, rule: str | None = None) 
     return name
 
 
-def target_hops(config: ml_collections.ConfigDict, rule: str | None = None, *,
-                input_shape: tuple[int, ...] | None = None,
-                num_classes: int | None = None) -> int:
-    """The target hops of `rule` (default config.rule) on config's model: the critical path
-    of its sweep (docs/algorithm.md, "Target hops"). Autodiff rules report backprop's path,
-    the Kolen-Pollack chain's. Shapes only: nothing is computed or read from data."""
+def create_graph(config: ml_collections.ConfigDict, rule: str | None = None, *,
+                 input_shape: tuple[int, ...] | None = None,
+                 num_classes: int | None = None) -> wiring_lib.Graph:
+    """The graph of `rule`'s wiring on config's model (autodiff rules: the Kolen-Pollack
+    chain's, backprop's path). Shapes only: nothing is computed or read from data."""
     info = sources.DATASETS[config.dataset]
     shape = input_shape or info.image_shape
     if input_shape is None and info.streaming:
@@ -218,9 +217,29 @@ def target_hops(config: ml_collections.ConfigDict, rule: str | None = None, *,
     signals = jax.eval_shape(lambda v, a: model.apply(v, a, train=False), variables, x)
     activation = (models.get_activation(config.model.activation)
                   if config.model.name == "mlp" else None)
-    graph = wiring_lib.build(create_wiring(config, rule), signals, variables["params"],
-                             activation)
-    return wiring_lib.critical_path(graph)
+    return wiring_lib.build(create_wiring(config, rule), signals, variables["params"],
+                            activation)
+
+
+def target_hops(config: ml_collections.ConfigDict, rule: str | None = None, *,
+                input_shape: tuple[int, ...] | None = None,
+                num_classes: int | None = None) -> int:
+    """The target hops of `rule` (default config.rule) on config's model: the critical path
+    of its sweep (docs/algorithm.md, "Target hops"). Autodiff rules report backprop's path,
+    the Kolen-Pollack chain's."""
+    return wiring_lib.critical_path(create_graph(config, rule, input_shape=input_shape,
+                                                 num_classes=num_classes))
+
+
+def probes(config: ml_collections.ConfigDict, rule: str | None = None, *,
+           input_shape: tuple[int, ...] | None = None, num_classes: int | None = None
+           ) -> tuple[str, ...]:
+    """The block outputs the train step probes (`lra.skip_learning=perturb`), or ()."""
+    rule = rule or config.rule
+    if rule != "rec_lra" or config.lra.get("skip_learning", "kp") != "perturb":
+        return ()
+    return wiring_lib.perturbed(create_graph(config, rule, input_shape=input_shape,
+                                             num_classes=num_classes))
 
 
 def feedback_is_learned(config: ml_collections.ConfigDict, rule: str | None = None) -> bool:
@@ -311,9 +330,12 @@ def create_setup(config: ml_collections.ConfigDict, *, input_shape, num_classes:
     state = create_train_state(key, model, tx, (1, *input_shape),
                                create_feedback(config, rule, weight_mirror=not state_template))
     autodiff = rules.RULES[rule or config.rule].autodiff
+    probed = probes(config, rule, input_shape=input_shape, num_classes=num_classes)
     step_kwargs = dict(model=model, tx=tx, autodiff=autodiff, key=jax.random.fold_in(key, 2),
                        noise_std=config.input_noise, num_classes=num_classes,
-                       sharding=sharding, augment=config.augment, normalization=normalization)
+                       sharding=sharding, augment=config.augment, normalization=normalization,
+                       **({"probes": probed, "probe_sigma": config.lra.probe_sigma}
+                          if probed else {}))
     train_fn = jax.jit(functools.partial(steps.train_steps, **step_kwargs),
                        donate_argnums=(0,) if donate else ())
     eval_fn = jax.jit(functools.partial(steps.eval_step, model=model,
@@ -400,4 +422,6 @@ def create_cosine_fn(config: ml_collections.ConfigDict, setup: Setup, num_classe
     return diagnostics.make_cosine_fn(
         setup.model, setup.rule, create_model(config, num_classes, "bp"),
         create_rule(config, "bp"), num_classes=num_classes, normalization=normalization,
-        autodiff=rules.RULES[config.rule].autodiff)
+        autodiff=rules.RULES[config.rule].autodiff,
+        probes=setup.step_kwargs.get("probes", ()),
+        probe_sigma=setup.step_kwargs.get("probe_sigma", 0.05))

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from rec_lra_jax import wiring
+from rec_lra_jax import local, models, sweep, wiring
 from rec_lra_jax.rules import RULES, SCHEDULES
 
 
@@ -118,9 +118,10 @@ class Key(NamedTuple):
 
 LOCAL = ("rec_lra", "lra_e", "kp")
 SKIP_RULES = ("rec_lra", "lra_e")  # kp's synapses always learn by Kolen-Pollack and rescale
-INITS = ("lra_e", "unit", "he", "lecun")
-ACTIVATIONS = ("tanh", "relu", "leaky_relu", "sigmoid", "gelu", "silu", "elu", "softplus",
-               "identity")
+# Each allowed value has one home, the module that implements it.
+INITS = models.KERNEL_INITS
+FEEDBACK_INITS = local.FEEDBACK_INITS
+ACTIVATIONS = tuple(models.ACTIVATIONS)
 COMMON = {
     "dataset": Key(choice("mnist", "fashion_mnist", "cifar10", "imagenet2012")),
     "rule": Key(TEXT),
@@ -143,12 +144,12 @@ COMMON = {
     "lra.gamma_schedule": Key(choice(*SCHEDULES), rules(*LOCAL)),
     "lra.gamma_final": Key(number(0), all_of(rules(*LOCAL),
                                              when("lra.gamma_schedule", "linear", "cosine"))),
-    "lra.feedback_rule": Key(choice("kp", "fixed", "error_displacement"), rules(*SKIP_RULES)),
-    "lra.error_unit": Key(choice("l2", "mixed", "cauchy"), rules(*LOCAL)),
+    "lra.feedback_rule": Key(choice(*local.FEEDBACK_RULES), rules(*SKIP_RULES)),
+    "lra.error_unit": Key(choice(*sweep.ERROR_UNITS), rules(*LOCAL)),
     "lra.alpha_skip": Key(number(0, hi=1), rules(*LOCAL)),
     "lra.alpha_adjacent": Key(number(0, hi=1), rules(*LOCAL)),
-    "lra.output_error_unit": Key(choice("l2", "same", "mixed", "cauchy"), rules(*LOCAL)),
-    "lra.feedback_init": Key(choice(*INITS), rules(*LOCAL)),
+    "lra.output_error_unit": Key(choice("same", *sweep.ERROR_UNITS), rules(*LOCAL)),
+    "lra.feedback_init": Key(choice(*FEEDBACK_INITS), rules(*LOCAL)),
     "lra.feedback_scale": Key(number(0, strict=True), rules(*LOCAL, "dfa")),
     "lra.dx": Key(BOOL, rules(*LOCAL)),
     "lra.rescale": Key(BOOL, rules(*SKIP_RULES)),
@@ -181,7 +182,7 @@ MLP = {
     "model.init": Key(choice(*INITS)),
     "lra.depth": Key(integer(1), rules("rec_lra")),
     "lra.module_size": Key(integer(1), rules("rec_lra")),
-    "lra.baseline_feedback_init": Key(choice(*INITS), rules("fa", "dfa")),
+    "lra.baseline_feedback_init": Key(choice(*FEEDBACK_INITS), rules("fa", "dfa")),
 }
 RESNET = {
     "model.name": Key(choice("resnet")),
@@ -194,7 +195,7 @@ RESNET = {
     "model.init_scale": Key(number(0, strict=True)),
     "lra.depth": Key(choice(1, 2, 3), rules("rec_lra")),
     "lra.skip_source": Key(choice(*wiring.SKIP_SOURCES), rules("rec_lra")),
-    "lra.bn_error": Key(choice("jacobian", "output", "scaled"), rules(*LOCAL, "dfa")),
+    "lra.bn_error": Key(choice(*sweep.NORM_ERRORS), rules(*LOCAL, "dfa")),
     "lra.head_last": Key(BOOL, rules("rec_lra")),
     "lra.weight_mirror": Key(number(0), rules("rec_lra", "kp")),
     "lra.module": Key(choice(*wiring.MODULES), rules("rec_lra")),
@@ -208,7 +209,9 @@ RESNET = {
     "lra.skip_learning": Key(choice(*wiring.SKIP_LEARNING), rules("rec_lra")),
     "lra.skip_activity": Key(BOOL, all_of(rules("rec_lra"), when("lra.skip_learning",
                                                                   "regress"))),
-    "lra.baseline_feedback_init": Key(choice(*INITS), rules("dfa")),
+    "lra.probe_sigma": Key(number(0, strict=True), all_of(
+        rules("rec_lra"), when("lra.skip_learning", "perturb"))),
+    "lra.baseline_feedback_init": Key(choice(*FEEDBACK_INITS), rules("dfa")),
 }
 FAMILIES = {"mlp": MLP, "resnet": RESNET}
 # Values that became something else, with where they went.
@@ -232,6 +235,7 @@ FAMILY_ONLY = {
     "lra.local_loss_recon": "an MLP's units read the output error",
     "lra.skip_learning": "an MLP's skip synapses learn by lra.feedback_rule",
     "lra.skip_activity": "an MLP's skips are plain matrices",
+    "lra.probe_sigma": "an MLP's skips learn by lra.feedback_rule",
 }
 
 

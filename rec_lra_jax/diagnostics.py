@@ -40,21 +40,24 @@ def layer_norm_ratios(deltas: dict, grads: dict, leaf: str = "kernel") -> dict[s
 
 
 def make_cosine_fn(model, rule, bp_model, bp_rule, *, num_classes: int,
-                   normalization: str = "unit", autodiff: bool = False):
+                   normalization: str = "unit", autodiff: bool = False,
+                   probes: tuple[str, ...] = (), probe_sigma: float = 0.05):
     """jit(params, feedback, batch_stats, images, labels, rule_state=None) -> alignment.
 
     The rule's kernel deltas against backprop's gradient on the same batch, same model:
     {"cosine/<layer>": cos(delta, grad), "norm_ratio/<layer>": ||delta|| / ||grad||}.
     `rule_state` (the rule's part of the train state's opt_state) evaluates a scheduled
     beta at the training step; None: at its start. `autodiff`: `rule` is an autodiff
-    baseline (`rules.RULES[name].autodiff`).
+    baseline (`rules.RULES[name].autodiff`); `probes`, `probe_sigma`: the train step's
+    (`steps.rule_inputs`).
     """
     @jax.jit
     def fn(params, feedback, batch_stats, images, labels, rule_state=None):
         images = steps.normalize(images, normalization)
         onehot = jax.nn.one_hot(labels, num_classes)
         deltas = steps.rule_deltas(model, rule, params, feedback, batch_stats, images, onehot,
-                                   rule_state, autodiff=autodiff)
+                                   rule_state, autodiff=autodiff, probes=probes,
+                                   probe_sigma=probe_sigma)
         grads = steps.rule_deltas(bp_model, bp_rule, params, {}, batch_stats, images, onehot,
                                   autodiff=True)
         cosines = layer_cosines(deltas["params"], grads["params"])

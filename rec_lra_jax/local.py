@@ -95,6 +95,16 @@ def regress(synapse: Synapse, E: jax.Array, e: jax.Array, residual: jax.Array, c
     return coef * vjp(residual)[0] / e.shape[0]
 
 
+def probe_regress(E: jax.Array, xi: jax.Array, delta: jax.Array, coef: Any) -> jax.Array:
+    """coef * the gradient in E of ||E - mean_b(delta_b^T xi_b)||^2 / 2: a skip synapse
+    (K, HWC) pulled toward the logits' Jacobian in the unit's output averaged over the
+    batch, estimated from a probe (`Wiring.skip_learning="perturb"`): xi the unit's output
+    perturbation over sigma, delta the logits' change over sigma."""
+    batch = xi.shape[0]
+    target = delta.T @ xi.reshape(batch, -1) / batch
+    return coef * (E - target.astype(E.dtype))
+
+
 def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "kp",
                    gamma: Any = 1.0, feedback: dict | None = None) -> dict[str, jax.Array]:
     """{synapse name: its delta} under `rule` ("kp", "error_displacement", "fixed"); a skip
@@ -106,13 +116,19 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
     regressed = {s: u for u, unit in graph.units.items() if unit.teach
                  for s in drives(unit) if graph.synapses[s].source[1] not in graph.readouts
                  and graph.synapses[s].kind != "upconv"}
+    probed = {s: u for u, unit in graph.units.items() if unit.perturb for s in drives(unit)
+              if graph.synapses[s].kind == "dense" and graph.synapses[s].source == ("unit",
+                                                                                 "head")}
     residuals = {}
     for s, u in regressed.items():
         residuals[u] = residuals.get(u, -errors.teachers[u]) + errors.displacements[s]
     for name, synapse in graph.synapses.items():
         if synapse.kind in ("identity", "upconv"):
             continue  # no parameters; a decoder's synapse: below
-        if name in regressed and rule != "fixed":
+        if name in probed and rule != "fixed":
+            out[name] = probe_regress(feedback[name], *signals["perturbed"][probed[name]],
+                                      gamma)
+        elif name in regressed and rule != "fixed":
             out[name] = regress(synapse, feedback[name], errors.sources[name],
                                 residuals[regressed[name]], gamma,
                                 get(signals, synapse.reads))
@@ -184,7 +200,8 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
         out[name] = std * jax.random.normal(jax.random.fold_in(key, 7919 + len(out)), r.shape)
         out[f"{name}_out"] = jnp.zeros((r.shape[1], r.classes))
         out[f"{name}_back"] = jnp.zeros((r.classes, r.shape[1]))
-    regressed = {s for unit in graph.units.values() if unit.teach for s in drives(unit)}
+    regressed = {s for unit in graph.units.values() if unit.teach or unit.perturb
+                 for s in drives(unit)}
     for name, decoder in graph.decoders.items():  # D and its synapse start at zero
         out[name] = jnp.zeros(decoder.shape)
     for name, synapse in graph.synapses.items():
@@ -201,7 +218,7 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
         if readout is not None or name in regressed:
             # Zero like its readout: the two get transposed deltas and the same optimizer,
             # so the synapse stays the readout's transpose without reading it. A regressed
-            # skip predicts nothing until its teacher has taught it.
+            # (or probed) skip predicts nothing until its teacher (probe) has taught it.
             out[name] = jnp.zeros(shape)
             continue
         fan_in = math.prod(shape[:-1]) if len(shape) == 4 else shape[0]

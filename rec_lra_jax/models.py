@@ -53,6 +53,9 @@ def get_activation(name: str | Callable) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
+KERNEL_INITS = ("lra_e", "unit", "he", "lecun")  # forward-weight schemes (`kernel_initializer`)
+
+
 def kernel_initializer(scheme: str, scale: float = 1.0) -> nn.initializers.Initializer:
     """Forward-weight init schemes (docs/algorithm.md, "Initialisation").
 

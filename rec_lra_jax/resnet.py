@@ -177,7 +177,11 @@ class ResNet(nn.Module):
                       self.backward, self.init_scale, name=name)
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = True) -> dict:
+    def __call__(self, x: jax.Array, *, train: bool = True,
+                 perturb: dict[str, jax.Array] | None = None) -> dict:
+        """`perturb`: {block name: an array added to that block's output u_b before the
+        blocks above read it} (a forward-only probe of the layers above,
+        `Wiring.skip_learning="perturb"`); the returned signals are the perturbed pass's."""
         if self.depth not in STAGES:
             raise ValueError(f"Unknown ResNet depth {self.depth}; choose one of {sorted(STAGES)}.")
         if self.backward not in feedback_ops.BACKWARDS:
@@ -203,7 +207,10 @@ class ResNet(nn.Module):
                 block = self._block(kind, u, self.width * 2**stage, strides, block_name(index),
                                     train)
                 blocks[block_name(index)] = block
-                u, index = block["post"], index + 1
+                u = block["post"]
+                if perturb and block_name(index) in perturb:
+                    u = u + perturb[block_name(index)]
+                index += 1
         pooled = jnp.mean(u, axis=(1, 2))
         logits = FeedbackDense(self.num_classes, self.backward, name="head")(pooled)
         return {"stem": stem, "blocks": blocks, "head": {"input": pooled}, "logits": logits}

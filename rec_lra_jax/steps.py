@@ -106,12 +106,30 @@ def forward(model, params, feedback, batch_stats, images, *, autodiff: bool = Fa
     return signals, updates.get("batch_stats", batch_stats)
 
 
-def rule_inputs(model, autodiff: bool, params, feedback, batch_stats, images, onehot):
+def probe(model, params, batch_stats, images, signals, names, sigma: float,
+          key: jax.Array) -> dict:
+    """{unit: (xi, delta)} for each probed block output (`Wiring.skip_learning="perturb"`):
+    a second forward pass, in training mode, with that output moved by sigma * xi
+    (xi ~ N(0, 1)); delta = (logits' - logits) / sigma. Forward use of the weights only;
+    the probe's BatchNorm statistics are dropped."""
+    out = {}
+    for i, name in enumerate(names):
+        shape = signals["blocks"][name]["post"].shape
+        xi = jax.random.normal(jax.random.fold_in(key, i), shape, signals["logits"].dtype)
+        moved, _ = model.apply(model_variables(params, batch_stats), images, train=True,
+                               perturb={name: sigma * xi}, mutable=["batch_stats"])
+        out[name] = (xi, (moved["logits"] - signals["logits"]) / sigma)
+    return out
+
+
+def rule_inputs(model, autodiff: bool, params, feedback, batch_stats, images, onehot, *,
+                probes: tuple[str, ...] = (), probe_sigma: float = 0.05, key=None):
     """(incoming updates, signals, new batch statistics) for the rule's `update`.
 
     Autodiff rules (`rules.RULES[name].autodiff`) get the gradient of the cross-entropy
     through the model (built with their `backward`); local rules compute their own deltas
-    and ignore the incoming updates.
+    and ignore the incoming updates. `probes`: block outputs probed by a perturbed second
+    forward pass (`probe`), passed to the rule as signals["perturbed"].
     """
     if autodiff:
         def loss_fn(p):
@@ -121,18 +139,24 @@ def rule_inputs(model, autodiff: bool, params, feedback, batch_stats, images, on
         grads, (signals, stats) = jax.grad(loss_fn, has_aux=True)(params)
         return {"params": grads, "feedback": feedback}, signals, stats
     signals, stats = forward(model, params, feedback, batch_stats, images)
+    if probes:
+        signals = {**signals, "perturbed": probe(model, params, batch_stats, images, signals,
+                                                 probes, probe_sigma, key)}
     return {"params": params, "feedback": feedback}, signals, stats
 
 
 def rule_deltas(model, rule: rules.Rule, params, feedback, batch_stats, images, onehot,
-                rule_state=None, *, autodiff: bool = False):
+                rule_state=None, *, autodiff: bool = False, probes: tuple[str, ...] = (),
+                probe_sigma: float = 0.05, key=None):
     """The rule's deltas on one batch, before any optimizer: {"params", "feedback"}.
 
     `rule_state`: the rule's optax state in training (the first entry of the train
     state's opt_state), which holds a scheduled beta's step; None: a fresh state.
-    `autodiff`: the rule is an autodiff baseline (`rules.RULES[name].autodiff`)."""
-    incoming, signals, _ = rule_inputs(model, autodiff, params, feedback, batch_stats, images,
-                                       onehot)
+    `autodiff`: the rule is an autodiff baseline (`rules.RULES[name].autodiff`); `probes`,
+    `probe_sigma`, `key`: see `rule_inputs`."""
+    incoming, signals, _ = rule_inputs(
+        model, autodiff, params, feedback, batch_stats, images, onehot, probes=probes,
+        probe_sigma=probe_sigma, key=jax.random.key(0) if key is None else key)
     trainables = {"params": params, "feedback": feedback}
     state = rule.init(trainables) if rule_state is None else rule_state
     deltas, _ = rule.update(incoming, state, trainables, signals=signals, labels=onehot)
@@ -143,9 +167,10 @@ def train_step(
     state: TrainState, images: jax.Array, labels: jax.Array, *,
     model, tx: optax.GradientTransformation, autodiff: bool,
     key: jax.Array, noise_std: float, num_classes: int, sharding=None, augment: str = "none",
-    normalization: str = "unit",
+    normalization: str = "unit", probes: tuple[str, ...] = (), probe_sigma: float = 0.05,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update: augmentation, input noise, one forward pass, the optax chain. Pure.
+    """One update: augmentation, input noise, one forward pass (and the probes' passes,
+    `rule_inputs`), the optax chain. Pure.
 
     `tx` starts with the rule, which gets the forward signals and one-hot labels as extra
     args (local rules) or, with `autodiff` (`rules.RULES[name].autodiff`), the gradient
@@ -167,9 +192,10 @@ def train_step(
         images = images + noise_std * jax.random.normal(noise_key, images.shape, images.dtype)
     onehot = jax.nn.one_hot(labels, num_classes)
     trainables = {"params": state.params, "feedback": state.feedback}
-    incoming, signals, batch_stats = rule_inputs(model, autodiff, state.params,
-                                                 state.feedback, state.batch_stats, images,
-                                                 onehot)
+    incoming, signals, batch_stats = rule_inputs(
+        model, autodiff, state.params, state.feedback, state.batch_stats, images, onehot,
+        probes=probes, probe_sigma=probe_sigma,
+        key=jax.random.fold_in(jax.random.fold_in(key, 3), state.step))
     updates, opt_state = tx.update(incoming, state.opt_state, trainables, signals=signals,
                                    labels=onehot)
     trainables = optax.apply_updates(trainables, updates)

@@ -38,7 +38,7 @@ SOURCES = ("recursive", "adjacent", "direct", "transpose")
 SKIP_SOURCES = ("dense", "channel", "head")
 MODULES = ("block", "stage")
 LOCAL_LOSSES = ("none", "only", "mixed")
-SKIP_LEARNING = ("kp", "regress")
+SKIP_LEARNING = ("kp", "regress", "perturb")
 OUTPUT = "output"  # the unit whose error is eps(softmax(logits) - y)
 
 
@@ -92,6 +92,11 @@ class Wiring:
         the layers directly above would carry to the unit through synapses shaped like
         them, computed beside the sweep and never used as a target; like a synthetic
         gradient, Jaderberg et al. 2017, linear in the output error).
+        "perturb" (a departure): each skip from the output error is the averaged Jacobian of
+        the logits in the unit's output, estimated from activity alone: a second forward
+        pass with the unit's output moved by sigma xi (xi ~ N(0, 1)) gives
+        Delta = (logits' - logits) / sigma, and E regresses onto mean(Delta^T xi) (node
+        perturbation; Ren et al., ICLR 2023). No weight is read; the probe is forward use.
       skip_activity: with "regress", each skip from the output error also reads the unit's
         own activity z through a "bilinear" synapse F (K, C, C): d = e E + z (sum_k e_k F_k),
         a 1x1 map of z chosen by the output error (a conditioned synthetic gradient). Still
@@ -147,6 +152,11 @@ class Wiring:
         if self.local_loss not in LOCAL_LOSSES:
             raise ValueError(f"Unknown local_loss {self.local_loss!r}; choose one of "
                              f"{LOCAL_LOSSES}.")
+        if self.skip_learning == "perturb" and (self.skip_source != "dense"
+                                                or self.local_loss == "only"):
+            raise ValueError("skip_learning='perturb' learns the dense skips from the output "
+                             "error: it needs skip_source='dense' and local_loss 'none' or "
+                             "'mixed'.")
         if self.skip_activity and self.skip_learning != "regress":
             raise ValueError("skip_activity needs skip_learning='regress' (its bilinear "
                              "synapse has no Kolen-Pollack rule).")
@@ -177,6 +187,7 @@ class Unit(NamedTuple):
     adjacent: bool = False  # driven by the unit directly above (alpha_adjacent)
     pool: tuple[int, int, int] | None = None  # max-pool (window, stride, pad) after z
     teach: tuple[str, ...] = ()  # synapses whose summed displacement its skip regresses on
+    perturb: bool = False  # its skip from e_L learns the logits' Jacobian by perturbation
 
 
 class Layer(NamedTuple):
@@ -277,6 +288,12 @@ def teacher_hops(graph: Graph) -> dict[str, int]:
             out[name] = 1 + max(unit[graph.layers[src].unit if kind == "layer" else src]
                                 for kind, src in sources)
     return out
+
+
+def perturbed(graph: Graph) -> tuple[str, ...]:
+    """The units whose skip from the output error learns by perturbation: the train step
+    probes each with a second forward pass (`Wiring.skip_learning="perturb"`)."""
+    return tuple(sorted(name for name, unit in graph.units.items() if unit.perturb))
 
 
 def critical_path(graph: Graph) -> int:
@@ -532,7 +549,7 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         last = i == len(blocks) - 1
         chained = wiring.skip_source == "head" or mirrored or (
             wiring.depth == 3 and b not in stages) or (staged and b not in stages)
-        drive, teach = b, ()
+        drive, teach, probe = b, (), False
         if last and (wiring.head_last or chained):
             drive = from_output(b, b, post, kind="pool")
             chained = False
@@ -546,8 +563,9 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         else:
             drive = from_output(b, b, post)
             teach = () if last else teacher(b, post, blocks[i + 1])
+            probe = wiring.skip_learning == "perturb"  # its e_L skip learns by probing
         units[b] = Unit(b, ("blocks", b, "pre"), post, relu, drive, adjacent=chained,
-                        teach=teach)
+                        teach=teach, perturb=probe)
         for j, c in enumerate(convs):
             name, path = f"{b}_{c}", ("blocks", b, c)
             top = j == len(convs) - 1

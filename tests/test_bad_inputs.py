@@ -7,6 +7,8 @@ import pytest
 
 from experiments import bad_inputs
 
+pytestmark = pytest.mark.slow  # the command line in subprocesses
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):

@@ -12,6 +12,8 @@ import pytest
 from rec_lra_jax import preprocessing, sources
 from rec_lra_jax.input_pipeline import DataError
 
+pytestmark = pytest.mark.slow  # the command line in subprocesses
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

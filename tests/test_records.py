@@ -12,6 +12,8 @@ from experiments import bad_inputs
 from rec_lra_jax import checkpoints, metrics, rundir, train
 from tests.helpers import smoke_config
 
+pytestmark = pytest.mark.slow  # the command line in subprocesses
+
 
 @pytest.fixture(scope="module")
 def finished_mlp(tmp_path_factory):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import cifar10_resnet18
-from rec_lra_jax import builder, conv, local, resnet, rules, sweep
+from rec_lra_jax import builder, conv, local, resnet, rules, steps, sweep
 from rec_lra_jax import wiring as wiring_lib
 from rec_lra_jax.config_schema import ConfigError
 from rec_lra_jax.wiring import Wiring
@@ -277,3 +277,61 @@ def test_stem_module_and_inner_loss_add_readouts_where_they_say():
         Wiring(stem_module=True)
     with pytest.raises(ValueError, match="inner_loss"):
         Wiring(module="stage", inner_loss=True)
+
+
+def test_perturbation_probe_estimates_the_averaged_jacobian_of_the_logits():
+    """skip_learning="perturb": the probe's target mean(delta^T xi) is the logits' Jacobian
+    in the block output averaged over the batch (float64, many probes averaged, against
+    jax.jacfwd of a perturbed forward, which only this test may compute); a skip's delta
+    pulls it toward that target; the stage ends, and only they, are probed."""
+    with jax.enable_x64(True):
+        model, variables, _, x, labels = _resnet()
+        variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)
+        x = x.astype(jnp.float64)
+        signals, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        name, sigma = "block_05", 1e-4  # stage 3: a 4x4x16 map
+
+        def logits(p):
+            out, _ = model.apply(variables, x, train=True, perturb={name: p},
+                                 mutable=["batch_stats"])
+            return out["logits"]
+
+        zero = jnp.zeros_like(signals["blocks"][name]["post"])
+        jac = jax.jacfwd(logits)(zero)  # (B, K, B, H, W, C)
+        batch = x.shape[0]
+        want = sum(jac[b, :, b].reshape(10, -1) for b in range(batch)) / batch
+        draw = jax.jit(jax.vmap(lambda k: local.probe_regress(
+            jnp.zeros_like(want), *steps.probe(model, variables["params"],
+                                               variables["batch_stats"], x, signals, (name,),
+                                               sigma, k)[name], -1.0)))
+        # unbiased and noisy (cosine 0.85 with these 600 probes of 4 examples; it rises
+        # toward 1 as probes accumulate: 0.57, 0.81, 0.91 at 300, 1200, 3000 on block_03)
+        got = sum(draw(jax.random.split(jax.random.key(i), 300)).sum(0)
+                  for i in range(2)) / 600
+        cos = float(jnp.vdot(got, want) / (jnp.linalg.norm(got) * jnp.linalg.norm(want)))
+        assert cos > 0.75, cos
+        assert 0.8 < float(jnp.linalg.norm(got) / jnp.linalg.norm(want)) < 1.25
+    wiring = Wiring(module="stage", local_loss="mixed", local_loss_grid=2,
+                    skip_learning="perturb")
+    _, variables, signals, _, _ = _resnet()
+    graph = wiring_lib.build(wiring, signals, variables["params"], None)
+    assert wiring_lib.perturbed(graph) == ("block_01", "block_03", "block_05")
+    assert wiring_lib.critical_path(graph) == 5
+    with pytest.raises(ValueError, match="skip_learning='perturb'"):
+        Wiring(module="stage", local_loss="only", skip_learning="perturb")
+
+
+def test_a_perturbation_wired_config_trains_and_its_skips_learn():
+    config = smoke_config(cifar10_resnet18, **{
+        "lra.module": "stage", "lra.local_loss": "mixed", "lra.local_loss_grid": 2,
+        "lra.skip_learning": "perturb"})
+    builder.validate(config)
+    setup = builder.create_setup(config, input_shape=(16, 16, 3), num_classes=10,
+                                 total_steps=4)
+    assert setup.step_kwargs["probes"] == ("block_01", "block_03", "block_05")
+    assert float(jnp.abs(setup.state.feedback["block_03"]).max()) == 0  # zero at start
+    images = jax.random.uniform(jax.random.key(0), (2, 8, 16, 16, 3))
+    labels = jnp.arange(16).reshape(2, 8) % 10
+    state, metrics = setup.train_fn(setup.state, None, (images, labels))  # donates the state
+    assert bool(metrics["state_finite"])
+    assert float(jnp.abs(state.feedback["block_03"]).max()) > 0
