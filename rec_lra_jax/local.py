@@ -160,19 +160,20 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
 
 def init_feedback(key: jax.Array, wiring, signals: Any, params: dict, *,
                   activation: Any = None, feedback_init: str | None = None,
-                  feedback_scale: float = 1.0, weight_mirror: float = 0.0
+                  feedback_scale: float = 1.0, mirror_samples: float = 0.0
                   ) -> dict[str, jax.Array]:
     """The error synapses of `wiring` (a `Wiring`) on a model whose forward gave `signals`
     (arrays or shapes) for `params`: random (`init_synapses`), then, with
-    `weight_mirror` > 0, the synapses that mirror a layer started at its weight-mirror
-    estimate (`weight_mirror`). `Wiring.init` calls this. A rule reads synapses; it does
-    not make them, as an optimizer does not make parameters."""
+    `mirror_samples` > 0, the synapses that mirror a layer started at its weight-mirror
+    estimate from that many noise samples per fan-in unit (`weight_mirror`). `Wiring.init`
+    calls this. A rule reads synapses; it does not make them, as an optimizer does not make
+    parameters."""
     phi = get_activation(activation) if activation is not None else None
     graph = build(wiring, signals, params, phi)
     synapses = init_synapses(key, graph, feedback_init, feedback_scale)
-    if weight_mirror:
-        synapses = _weight_mirror(jax.random.fold_in(key, 0x5EED), graph, signals,
-                                       params, synapses, weight_mirror)
+    if mirror_samples:
+        synapses = weight_mirror(jax.random.fold_in(key, 0x5EED), graph, signals, params,
+                                 synapses, mirror_samples)
     return synapses
 
 
@@ -364,5 +365,3 @@ def _mirror_chunk(xi, kernel, strides, padding):
     y = conv.conv(xi, kernel, strides=strides, padding=padding)
     return conv.kernel_delta(xi, y, kernel.shape, strides=strides, padding=padding)
 
-
-_weight_mirror = weight_mirror  # init_feedback's argument of that name shadows it

@@ -128,7 +128,7 @@ class Wiring:
 
         return local.init_feedback(key, self, signals, params, activation=activation,
                                    feedback_init=feedback_init, feedback_scale=feedback_scale,
-                                   weight_mirror=weight_mirror)
+                                   mirror_samples=weight_mirror)
 
     def __post_init__(self):
         if self.sources not in SOURCES:
