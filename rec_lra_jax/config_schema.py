@@ -206,6 +206,7 @@ RESNET = {
     "lra.local_loss_grid": Key(integer(1), rules("rec_lra")),
     "lra.local_loss_hidden": Key(integer(0), rules("rec_lra")),
     "lra.local_loss_recon": Key(number(0), rules("rec_lra")),
+    "lra.local_loss_sim": Key(number(0), rules("rec_lra")),
     "lra.skip_learning": Key(choice(*wiring.SKIP_LEARNING), rules("rec_lra")),
     "lra.skip_activity": Key(BOOL, all_of(rules("rec_lra"), when("lra.skip_learning",
                                                                   "regress"))),
@@ -233,6 +234,7 @@ FAMILY_ONLY = {
     "lra.local_loss_grid": "an MLP has no feature maps to pool",
     "lra.local_loss_hidden": "an MLP's units read the output error",
     "lra.local_loss_recon": "an MLP's units read the output error",
+    "lra.local_loss_sim": "an MLP's units read the output error",
     "lra.skip_learning": "an MLP's skip synapses learn by lra.feedback_rule",
     "lra.skip_activity": "an MLP's skips are plain matrices",
     "lra.probe_sigma": "an MLP's skips learn by lra.feedback_rule",
@@ -350,6 +352,14 @@ def _combinations(flat: dict, family: str) -> list[str]:
                                                              "none") == "none":
             problems.append("lra.local_loss_recon weights a term beside a block-local loss: "
                             "set lra.local_loss to 'only' or 'mixed', or the weight to 0.")
+        sim = flat.get("lra.local_loss_sim", 0)
+        if sim and flat.get("lra.local_loss", "none") == "none":
+            problems.append("lra.local_loss_sim weights a term beside a block-local loss: "
+                            "set lra.local_loss to 'only' or 'mixed', or the weight to 0.")
+        if isinstance(sim, int | float) and sim >= 1:
+            problems.append(f"lra.local_loss_sim is predsim's beta, (1 - beta) pred + beta "
+                            f"sim: it must be below 1 (got {sim!r}; Nokland & Eidnes use "
+                            f"0.99).")
         if flat.get("lra.local_loss", "none") != "none" and flat.get(
                 "lra.feedback_rule") == "fixed":
             problems.append("lra.local_loss needs learned synapses (its readouts learn with "

@@ -30,7 +30,7 @@ from absl import logging
 from rec_lra_jax import conv
 from rec_lra_jax.models import get_activation
 from rec_lra_jax.sweep import Errors, carry, norm_error
-from rec_lra_jax.wiring import Graph, Synapse, build, drives, get
+from rec_lra_jax.wiring import Graph, Synapse, build, drives, get, similarity_key
 
 FEEDBACK_RULES = ("kp", "fixed", "error_displacement")
 FEEDBACK_INITS = ("lra_e", "unit", "he", "lecun")
@@ -113,8 +113,10 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
     if rule not in FEEDBACK_RULES:
         raise ValueError(f"Unknown feedback rule {rule!r}; choose one of {FEEDBACK_RULES}.")
     out = {}
+    sims = {similarity_key(r): r for r in graph.readouts.values() if r.sim}
     regressed = {s: u for u, unit in graph.units.items() if unit.teach
                  for s in drives(unit) if graph.synapses[s].source[1] not in graph.readouts
+                 and graph.synapses[s].source[1] not in sims
                  and graph.synapses[s].kind != "upconv"}
     probed = {s: u for u, unit in graph.units.items() if unit.perturb for s in drives(unit)
               if graph.synapses[s].kind == "dense" and graph.synapses[s].source == ("unit",
@@ -123,8 +125,8 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
     for s, u in regressed.items():
         residuals[u] = residuals.get(u, -errors.teachers[u]) + errors.displacements[s]
     for name, synapse in graph.synapses.items():
-        if synapse.kind in ("identity", "upconv"):
-            continue  # no parameters; a decoder's synapse: below
+        if synapse.kind in ("identity", "upconv") or synapse.source[1] in sims:
+            continue  # no parameters; a decoder's or a similarity conv's synapse: below
         if name in probed and rule != "fixed":
             out[name] = probe_regress(feedback[name], *signals["perturbed"][probed[name]],
                                       gamma)
@@ -148,11 +150,15 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
             e, hidden = errors.readouts[name]
             out[f"{name}_out"] = hidden.T @ e / batch
             out[f"{name}_back"] = gamma * e.T @ hidden / batch
+    for name, readout in sims.items():  # a similarity conv S learns predsim's term
+        z = get(signals, readout.reads)
+        out[name] = conv.kernel_delta(z, errors.units[name], (3, 3, z.shape[-1], z.shape[-1]),
+                                      padding=1)
     for name, decoder in graph.decoders.items():  # a decoder learns its reconstruction
         z = conv.upsample(get(signals, decoder.reads), decoder.factor)
         out[name] = conv.kernel_delta(z, errors.units[name], decoder.shape, padding=1)
     for name, synapse in graph.synapses.items():  # its synapse: the same delta (KP)
-        if synapse.kind == "upconv":
+        if synapse.kind == "upconv" or synapse.source[1] in sims:
             delta = out[synapse.source[1]]
             out[name] = jnp.zeros(synapse.shape) if rule == "fixed" else gamma * delta
     return out
@@ -201,6 +207,7 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
         out[name] = std * jax.random.normal(jax.random.fold_in(key, 7919 + len(out)), r.shape)
         out[f"{name}_out"] = jnp.zeros((r.shape[1], r.classes))
         out[f"{name}_back"] = jnp.zeros((r.classes, r.shape[1]))
+    sims = {similarity_key(r) for r in graph.readouts.values() if r.sim}
     regressed = {s for unit in graph.units.values() if unit.teach or unit.perturb
                  for s in drives(unit)}
     for name, decoder in graph.decoders.items():  # D and its synapse start at zero
@@ -212,6 +219,14 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
         readout = graph.readouts.get(synapse.source[1])
         if synapse.kind == "upconv":
             out[name] = jnp.zeros(shape)
+            continue
+        if synapse.source[1] in sims:
+            # A similarity conv S needs a random start (He); its synapse starts as S (one
+            # draw for both), then the same deltas keep them equal.
+            std = (2.0 / math.prod(shape[:-1])) ** 0.5
+            out[synapse.source[1]] = std * jax.random.normal(
+                jax.random.fold_in(key, 7919 + synapse.init_index), shape)
+            out[name] = jnp.copy(out[synapse.source[1]])  # its own buffer (donated apart)
             continue
         if readout is not None and readout.classes:
             out[name] = out[readout.name].T

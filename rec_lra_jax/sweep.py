@@ -6,6 +6,7 @@ forward weight by construction (docs/algorithm.md, "The sweep"):
 
   output:  e_out = eps(softmax(logits) - y)
   readout: e_r = eps(softmax(pool(z) A_r) - y)           (a unit's local loss, if wired)
+           e_s = B beta / (1 - beta) d sim(conv(z, S)) / dh  (predsim's term, if wired)
   unit u:  d_u = carry(E_u, e_src(u))                   (the unit's error synapse)
            target "target":   ybar_u = phi(h_u - beta d_u),  e_u = eps(z_u - ybar_u)
            mode "gradient":   e_u = phi'(h_u) d_u          (feedback alignment, DFA)
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from rec_lra_jax import conv
-from rec_lra_jax.wiring import Graph, Synapse, drives, get
+from rec_lra_jax.wiring import Graph, Synapse, drives, get, similarity_key
 
 ERROR_UNITS = ("l2", "mixed", "cauchy")
 MODES = ("target", "gradient")
@@ -120,6 +121,30 @@ def readout_error(readout, signals: dict, labels: jax.Array, feedback: dict,
     return (pre > 0) * (e @ feedback[f"{readout.name}_back"]), e, hidden
 
 
+def similarity(x: jax.Array) -> jax.Array:
+    """The (B, B) cosine similarity matrix of a batch: a feature map's rows are each
+    example's per-channel standard deviations over positions; each row is centred over its
+    features and scaled to unit length (Nokland & Eidnes 2019)."""
+    if x.ndim == 4:
+        x = jnp.sqrt(jnp.var(x, axis=(1, 2), ddof=1) + 1e-8)
+    x = x.reshape(x.shape[0], -1)
+    x = x - jnp.mean(x, axis=1, keepdims=True)
+    x = x / (1e-8 + jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True)))
+    return x @ x.T
+
+
+def similarity_error(readout, signals: dict, labels: jax.Array, feedback: dict) -> jax.Array:
+    """predsim's error at h = conv(z, S): B beta / (1 - beta) times the derivative in h of
+    mean((R(h) - R(y))^2), the local loss's derivative in its own input (a parameter-free
+    function of h and the labels, as softmax - y is the cross-entropy's), so it weighs
+    beta / (1 - beta) against the readout's per-example error (`Wiring.local_loss_sim`)."""
+    z = get(signals, readout.reads)
+    h = conv.conv(z, feedback[similarity_key(readout)], padding=1)
+    target = jax.lax.stop_gradient(similarity(labels))
+    grad = jax.grad(lambda h_: jnp.mean((similarity(h_) - target) ** 2))(h)
+    return h.shape[0] * readout.sim / (1.0 - readout.sim) * grad
+
+
 def decoder_error(decoder, signals: dict, feedback: dict) -> jax.Array:
     """A decoder's error x_hat - x, x_hat = conv3x3(upsample(z), D): its reconstruction of
     the input from the unit's activity (`Wiring.local_loss_recon`)."""
@@ -159,6 +184,9 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
                                                output_error_unit or error_unit, alpha_skip)
         if hidden is not None:
             readouts[name] = (e, hidden)
+        if readout.sim:
+            units[similarity_key(readout)] = similarity_error(readout, signals, labels,
+                                                              feedback)
     for name, decoder in graph.decoders.items():  # reconstructions' errors
         units[name] = decoder_error(decoder, signals, feedback)
 

@@ -86,6 +86,14 @@ class Wiring:
         input image; its error x_hat - x is carried back by a Kolen-Pollack "upconv"
         synapse, and that displacement is scaled to `local_loss_recon` times the norm of
         the unit's other drive (batch Frobenius norms). Same hops as the readout.
+      local_loss_sim: 0 or beta in (0, 1) of Nokland & Eidnes's "predsim" local loss
+        (2019), (1 - beta) pred + beta sim, beside the readout: a learned 3x3 conv S of the
+        unit's map, h = conv(z, S); sim = mean((R(h) - R(y))^2) with R the cosine
+        similarity matrix over the batch of each example's per-channel spatial standard
+        deviations (centred), R(y) that of the labels. Its error (the loss's derivative in
+        h, a parameter-free function of h and the labels, like softmax - y) is carried back
+        by a Kolen-Pollack conv synapse that starts equal to S and gets S's delta, weighted
+        beta / (1 - beta) against the readout's. Same hops as the readout. A departure.
       skip_learning: residual nets, how a skip synapse from the output error learns: "kp"
         (the paper's Kolen-Pollack rule, dE = gamma corr(z_u, e_out)) or "regress" (a
         departure: its displacement e_out E is regressed onto the teacher, the displacement
@@ -115,6 +123,7 @@ class Wiring:
     local_loss_grid: int = 1
     local_loss_hidden: int = 0
     local_loss_recon: float = 0.0
+    local_loss_sim: float = 0.0
     skip_learning: str = "kp"
     skip_activity: bool = False
 
@@ -172,6 +181,12 @@ class Wiring:
         if self.local_loss_recon and self.local_loss == "none":
             raise ValueError("local_loss_recon weights a term beside a local loss: set "
                              "local_loss to 'only' or 'mixed'.")
+        if not (isinstance(self.local_loss_sim, int | float) and 0 <= self.local_loss_sim < 1):
+            raise ValueError(f"local_loss_sim is predsim's beta, 0 <= beta < 1, got "
+                             f"{self.local_loss_sim!r}.")
+        if self.local_loss_sim and self.local_loss == "none":
+            raise ValueError("local_loss_sim weights a term beside a local loss: set "
+                             "local_loss to 'only' or 'mixed'.")
         if not (isinstance(self.local_loss_grid, int) and self.local_loss_grid >= 1):
             raise ValueError(f"local_loss_grid must be an integer >= 1, got "
                              f"{self.local_loss_grid!r}.")
@@ -226,6 +241,12 @@ class Readout(NamedTuple):
     grid: int  # average pooling to grid x grid cells
     shape: tuple[int, int]  # A: (grid * grid * channels, hidden or classes)
     classes: int = 0  # with a hidden layer: A_out (hidden, classes), A_back (classes, hidden)
+    sim: float = 0.0  # predsim's beta: a similarity term beside it (`Wiring.local_loss_sim`)
+
+
+def similarity_key(readout: "Readout") -> str:
+    """The feedback key of a readout's similarity conv S, and the name of its error."""
+    return f"{readout.name}_sim"
 
 
 class Decoder(NamedTuple):
@@ -263,6 +284,7 @@ def hops(graph: Graph) -> dict[str, int]:
     that exists once the forward pass is done (the output's, a readout's) to the unit's
     error. Units with the same count can be computed side by side."""
     out = {name: int(r.classes > 0) for name, r in graph.readouts.items()}
+    out.update({similarity_key(r): 0 for r in graph.readouts.values() if r.sim})
     out.update({name: 0 for name in graph.decoders})
 
     def unit_hops(name: str) -> int:
@@ -493,11 +515,16 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         features, hidden = grid * grid * u[-1], wiring.local_loss_hidden
         readout = f"{name}_readout"
         readouts[readout] = Readout(readout, reads, grid, (features, hidden or classes),
-                                    classes if hidden else 0)
+                                    classes if hidden else 0, wiring.local_loss_sim)
         local = name if wiring.local_loss == "only" else f"{name}_local"
         synapses[local] = Synapse(local, "pool", ("unit", readout), target, reads,
                                   (hidden or classes, features), (grid, 0))
         drive.append(local)
+        if wiring.local_loss_sim:  # predsim: S's error back through a synapse shaped like S
+            synapses[f"{name}_sim"] = Synapse(
+                f"{name}_sim", "conv", ("unit", similarity_key(readouts[readout])), target,
+                reads, (3, 3, u[-1], u[-1]), (1, 1))
+            drive.append(f"{name}_sim")
         if wiring.local_loss_recon:
             image = shape_of(signals, ("stem", "input"))
             decoder = f"{name}_decoder"

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -292,6 +293,25 @@ def test_resnet_rules_in_the_training_loop(tmp_path, rule):
     assert results["model"] == "resnet18-w4-cifar" and results["steps"] == 16
     assert np.isfinite(results["test_loss"])
     assert checkpoints.manager(str(tmp_path / "checkpoints")).latest_step() == 16
+
+
+def test_local_loss_heads_train_in_the_loop(tmp_path):
+    """Every kind of local-loss entry (a hidden readout, a decoder, a similarity conv) goes
+    through the jitted, donating train step; the similarity conv and its synapse, one
+    draw at the start, stay equal (the same deltas, the same optimizer)."""
+    config = smoke_config(fmnist_resnet18, num_epochs=1, **{
+        "lra.module": "stage", "lra.local_loss": "only", "lra.local_loss_grid": 2,
+        "lra.local_loss_hidden": 8, "lra.local_loss_recon": 0.5, "lra.local_loss_sim": 0.9,
+        "lra.gamma": 1.0})
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["steps"] == 16 and np.isfinite(results["test_loss"])
+    mngr = checkpoints.manager(str(tmp_path / "checkpoints"))
+    feedback = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]["feedback"]
+    mngr.close()
+    S, synapse = feedback["block_03_readout_sim"], feedback["block_03_sim"]
+    assert float(np.abs(S).max()) > 0
+    np.testing.assert_allclose(synapse, S, rtol=1e-6, atol=1e-7)
 
 
 def test_crop_flip_is_a_shifted_or_flipped_crop():

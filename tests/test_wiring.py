@@ -247,6 +247,62 @@ def test_reconstruction_decoder_is_a_local_loss_with_a_kolen_pollack_synapse():
         builder.validate(config)
 
 
+def test_similarity_term_is_predsim_through_kolen_pollack_synapses():
+    """local_loss_sim=beta: with the readout's pool synapse A^T and the similarity conv's
+    synapse S (they start so), a stage end's drive is B / (1 - beta) times the gradient in
+    z of Nokland & Eidnes's predsim loss, (1 - beta) CE(pool(z) A) + beta
+    mean((R(conv(z, S)) - R(y))^2), R written out here from their definition; A and S get
+    that loss's gradient over (1 - beta), S's synapse the same delta as S."""
+    _, variables, signals, _, labels = _resnet(batch=6)
+    beta = 0.9
+    wiring = Wiring(module="stage", local_loss="only", local_loss_grid=2, local_loss_sim=beta)
+    graph = wiring_lib.build(wiring, signals, variables["params"], None)
+    assert wiring_lib.critical_path(graph) == 5  # same hops as the readout alone
+    assert wiring_lib.drives(graph.units["block_03"]) == ("block_03", "block_03_sim")
+    fb = wiring.init(jax.random.key(1), signals, variables["params"])
+    S = fb["block_03_readout_sim"]
+    assert S.shape == (3, 3, 8, 8) and float(jnp.abs(S).max()) > 0
+    np.testing.assert_array_equal(fb["block_03_sim"], S)
+    A = 0.1 * jax.random.normal(jax.random.key(6), fb["block_03_readout"].shape)
+    fb = dict(fb, block_03_readout=A, block_03=A.T)
+    z = signals["blocks"]["block_03"]["post"]
+    batch = z.shape[0]
+
+    def R(x):  # Nokland & Eidnes's similarity_matrix: std over positions, centre, cosine
+        if x.ndim == 4:
+            x = jnp.sqrt(jnp.var(x.reshape(batch, -1, x.shape[-1]), axis=1, ddof=1) + 1e-8)
+        x = x - x.mean(axis=1, keepdims=True)
+        x = x / (1e-8 + jnp.linalg.norm(x, axis=1, keepdims=True))
+        return x @ x.T
+
+    def predsim(z_, a, s):
+        logits = conv.grid_pool(z_, 2) @ a
+        pred = -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1))
+        sim = jnp.mean((R(conv.conv(z_, s, padding=1)) - R(labels)) ** 2)
+        return (1 - beta) * pred + beta * sim
+
+    errors = sweep.run(graph, signals, labels, fb, beta=0.05, rescale=True)
+    d = errors.displacements["block_03"] + errors.displacements["block_03_sim"]
+    grad_z, grad_a, grad_s = jax.grad(predsim, argnums=(0, 1, 2))(z, A, S)
+    np.testing.assert_allclose(d, batch / (1 - beta) * grad_z, rtol=1e-4, atol=1e-6)
+    assert float(jnp.linalg.norm(errors.displacements["block_03_sim"])) > 0.1 * float(
+        jnp.linalg.norm(d))  # the similarity term is a real part of the drive
+    pre = signals["blocks"]["block_03"]["pre"]
+    np.testing.assert_allclose(errors.units["block_03"],
+                               (z - jax.nn.relu(pre - 0.05 * d)) / 0.05, rtol=1e-4, atol=1e-5)
+    deltas = local.synapse_deltas(graph, signals, errors, feedback=fb)
+    np.testing.assert_allclose(deltas["block_03_readout"], grad_a / (1 - beta), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(deltas["block_03_readout_sim"], grad_s / (1 - beta),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(deltas["block_03_sim"], deltas["block_03_readout_sim"])
+    for flags, match in (({"lra.local_loss": "none"}, "local_loss_sim"),
+                         ({"lra.local_loss": "only"}, "below 1")):
+        config = smoke_config(cifar10_resnet18, **flags, **{"lra.local_loss_sim": 1.0})
+        with pytest.raises(ConfigError, match=match):
+            builder.validate(config)
+
+
 def test_stem_module_and_inner_loss_add_readouts_where_they_say():
     """stem_module: the stem reads its own readout instead of stage 1's chain; inner_loss:
     each block inside a stage reads its own readout beside the chain. Each new readout
