@@ -134,6 +134,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         config.lra.local_loss = "none"
         config.lra.local_loss_grid = 1  # the readout pools to grid x grid cells
         config.lra.local_loss_hidden = 0  # 0: a linear readout; > 0: one ReLU hidden layer
+        # 0 | > 0: the channels of a 3x3 ReLU conv in each readout where it adds no target
+        # hop (a convolutional auxiliary net; a departure)
+        config.lra.local_loss_conv = 0
         # 0 | > 0: beside the readout, a 3x3 conv decoder reconstructs the input image
         # (InfoPro's information-preserving term), its drive scaled to this times the
         # readout's norm (a departure)

@@ -205,6 +205,7 @@ RESNET = {
     "lra.local_loss": Key(choice(*wiring.LOCAL_LOSSES), rules("rec_lra")),
     "lra.local_loss_grid": Key(integer(1), rules("rec_lra")),
     "lra.local_loss_hidden": Key(integer(0), rules("rec_lra")),
+    "lra.local_loss_conv": Key(integer(0), rules("rec_lra")),
     "lra.local_loss_recon": Key(number(0), rules("rec_lra")),
     "lra.local_loss_sim": Key(number(0), rules("rec_lra")),
     "lra.skip_learning": Key(choice(*wiring.SKIP_LEARNING), rules("rec_lra")),
@@ -233,6 +234,7 @@ FAMILY_ONLY = {
     "lra.local_loss": "an MLP's units read the output error (block-local losses: ResNets)",
     "lra.local_loss_grid": "an MLP has no feature maps to pool",
     "lra.local_loss_hidden": "an MLP's units read the output error",
+    "lra.local_loss_conv": "an MLP has no feature maps",
     "lra.local_loss_recon": "an MLP's units read the output error",
     "lra.local_loss_sim": "an MLP's units read the output error",
     "lra.skip_learning": "an MLP's skip synapses learn by lra.feedback_rule",
@@ -352,6 +354,11 @@ def _combinations(flat: dict, family: str) -> list[str]:
                                                              "none") == "none":
             problems.append("lra.local_loss_recon weights a term beside a block-local loss: "
                             "set lra.local_loss to 'only' or 'mixed', or the weight to 0.")
+        if flat.get("lra.local_loss_conv", 0) and (
+                flat.get("lra.local_loss", "none") == "none"
+                or flat.get("lra.local_loss_hidden", 0)):
+            problems.append("lra.local_loss_conv puts a conv layer in each readout: it needs "
+                            "lra.local_loss 'only' or 'mixed' and lra.local_loss_hidden=0.")
         sim = flat.get("lra.local_loss_sim", 0)
         if sim and flat.get("lra.local_loss", "none") == "none":
             problems.append("lra.local_loss_sim weights a term beside a block-local loss: "

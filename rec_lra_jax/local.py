@@ -143,6 +143,15 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
             out[name] = correlate(synapse, errors.displacements[name], errors.sources[name],
                                   -gamma)
     for name, readout in graph.readouts.items():  # a readout learns its own local loss
+        if readout.conv:  # A on the pooled conv units, A_back its synapse, K on z
+            e, hidden = errors.readouts[name]
+            pooled = conv.grid_pool(hidden, readout.grid)
+            z = get(signals, readout.reads)
+            out[name] = pooled.T @ e / z.shape[0]
+            out[f"{name}_back"] = gamma * e.T @ pooled / z.shape[0]
+            out[f"{name}_conv"] = conv.kernel_delta(
+                z, errors.units[name], (3, 3, z.shape[-1], readout.conv), padding=1)
+            continue
         pooled = conv.grid_pool(get(signals, readout.reads), readout.grid)
         batch = pooled.shape[0]
         out[name] = pooled.T @ errors.units[name] / batch
@@ -198,6 +207,10 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
         raise ValueError(f"Unknown feedback init {scheme!r}; choose one of {FEEDBACK_INITS}.")
     out = {}
     for name, r in graph.readouts.items():
+        if r.conv:  # A and A_back at zero; K (He) with its synapse: below
+            out[name] = jnp.zeros(r.shape)
+            out[f"{name}_back"] = jnp.zeros(r.shape[::-1])
+            continue
         if not r.classes:
             out[name] = jnp.zeros(r.shape)
             continue
@@ -219,6 +232,14 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
         readout = graph.readouts.get(synapse.source[1])
         if synapse.kind == "upconv":
             out[name] = jnp.zeros(shape)
+            continue
+        if readout is not None and readout.conv:
+            # The readout's conv K needs a random start (He); the synapse that carries its
+            # units' error on starts as K (one draw), then the same deltas keep them so.
+            std = (2.0 / math.prod(shape[:-1])) ** 0.5
+            out[f"{readout.name}_conv"] = std * jax.random.normal(
+                jax.random.fold_in(key, 7919 + synapse.init_index), shape)
+            out[name] = jnp.copy(out[f"{readout.name}_conv"])
             continue
         if synapse.source[1] in sims:
             # A similarity conv S needs a random start (He); its synapse starts as S (one

@@ -35,7 +35,7 @@ ADDED_KEYS = {"model.init_scale": 1.0, "lra.weight_mirror": 0.0, "lra.module": "
               "lra.stem_module": False, "lra.inner_loss": False, "lra.probe_sigma": 0.05,
               "lra.local_loss": "none", "lra.local_loss_grid": 1,
               "lra.local_loss_hidden": 0, "lra.local_loss_recon": 0.0,
-              "lra.local_loss_sim": 0.0,
+              "lra.local_loss_sim": 0.0, "lra.local_loss_conv": 0,
               "lra.skip_learning": "kp",
               "lra.skip_activity": False}
 

@@ -108,7 +108,18 @@ def carry(synapse: Synapse, E: jax.Array, e: jax.Array, shape: tuple[int, ...],
 def readout_error(readout, signals: dict, labels: jax.Array, feedback: dict,
                   error_unit: str = "l2", alpha: Any = 1.0):
     """(error its pool synapse carries, output error, hidden activity or None) of a
-    readout: e = eps(softmax(logits) - y), and with a hidden layer relu'(p A) (e A_back)."""
+    readout: e = eps(softmax(logits) - y), and with a hidden layer relu'(p A) (e A_back);
+    with a conv layer, h = relu(conv(z, K)), logits = pool(h) A and the error at the conv's
+    units relu'(conv(z, K)) pool^T(e A_back)."""
+    if readout.conv:
+        pre = conv.conv(get(signals, readout.reads), feedback[f"{readout.name}_conv"],
+                        padding=1)
+        hidden = jax.nn.relu(pre)
+        e = error_units(jax.nn.softmax(conv.grid_pool(hidden, readout.grid)
+                                       @ feedback[readout.name]) - labels, error_unit, alpha)
+        back = conv.grid_pool_adjoint(e @ feedback[f"{readout.name}_back"], hidden.shape,
+                                      readout.grid)
+        return (pre > 0) * back, e, hidden
     pooled = conv.grid_pool(get(signals, readout.reads), readout.grid)
     if not readout.classes:
         e = error_units(jax.nn.softmax(pooled @ feedback[readout.name]) - labels, error_unit,

@@ -80,6 +80,13 @@ class Wiring:
         map g does not divide, the largest divisor of g that divides it).
       local_loss_hidden: 0 (a linear readout) or the width of one ReLU hidden layer in it
         (a richer local loss, one hop more: Belilovsky et al.'s auxiliary MLPs).
+      local_loss_conv: 0 or the channels of one 3x3 ReLU conv layer in a readout, before
+        its pooling (a convolutional auxiliary net: Belilovsky et al. 2019, 2020; Ma et
+        al.'s AugLocal, ICLR 2024), in every readout where it does not lengthen the
+        wiring's critical path (on ResNet-18 with stages: stages 2 and 3, not stage 1,
+        whose chain of 5 units sets the path). Its kernel K and A's synapse A_back start
+        as one draw / zero; the readout carries its error to the conv's units itself and a
+        Kolen-Pollack conv synapse (starting as K) carries it on to the unit.
       local_loss_recon: 0 or the weight of a reconstruction term beside the readout (an
         information-preserving local loss, InfoPro, Wang et al. 2021): a decoder D, one
         3x3 conv from the unit's map upsampled (nearest) to the input's size, predicts the
@@ -122,6 +129,7 @@ class Wiring:
     local_loss: str = "none"
     local_loss_grid: int = 1
     local_loss_hidden: int = 0
+    local_loss_conv: int = 0
     local_loss_recon: float = 0.0
     local_loss_sim: float = 0.0
     skip_learning: str = "kp"
@@ -172,6 +180,12 @@ class Wiring:
         if self.skip_learning not in SKIP_LEARNING:
             raise ValueError(f"Unknown skip_learning {self.skip_learning!r}; choose one of "
                              f"{SKIP_LEARNING}.")
+        if not (isinstance(self.local_loss_conv, int) and self.local_loss_conv >= 0):
+            raise ValueError(f"local_loss_conv must be an integer >= 0, got "
+                             f"{self.local_loss_conv!r}.")
+        if self.local_loss_conv and (self.local_loss_hidden or self.local_loss == "none"):
+            raise ValueError("local_loss_conv puts a conv layer in a readout: it needs "
+                             "local_loss 'only' or 'mixed' and local_loss_hidden=0.")
         if not (isinstance(self.local_loss_hidden, int) and self.local_loss_hidden >= 0):
             raise ValueError(f"local_loss_hidden must be an integer >= 0, got "
                              f"{self.local_loss_hidden!r}.")
@@ -242,6 +256,8 @@ class Readout(NamedTuple):
     shape: tuple[int, int]  # A: (grid * grid * channels, hidden or classes)
     classes: int = 0  # with a hidden layer: A_out (hidden, classes), A_back (classes, hidden)
     sim: float = 0.0  # predsim's beta: a similarity term beside it (`Wiring.local_loss_sim`)
+    conv: int = 0  # channels of a 3x3 ReLU conv before the pooling: K (3, 3, C_in, conv),
+    # A (grid * grid * conv, classes), A_back (classes, grid * grid * conv)
 
 
 def similarity_key(readout: "Readout") -> str:
@@ -283,7 +299,7 @@ def hops(graph: Graph) -> dict[str, int]:
     """Target hops of every unit: the synapse carries on the longest chain from an error
     that exists once the forward pass is done (the output's, a readout's) to the unit's
     error. Units with the same count can be computed side by side."""
-    out = {name: int(r.classes > 0) for name, r in graph.readouts.items()}
+    out = {name: int(r.classes > 0 or r.conv > 0) for name, r in graph.readouts.items()}
     out.update({similarity_key(r): 0 for r in graph.readouts.values() if r.sim})
     out.update({name: 0 for name in graph.decoders})
 
@@ -440,13 +456,44 @@ def _between(upper: tuple, lower: tuple, kernel_size: int) -> tuple[int, int]:
     return (1 if upper[1] == lower[1] else 2), (kernel_size - 1) // 2
 
 
-def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
+def reach(graph: Graph) -> dict[str, int]:
+    """{readout: the most target hops of a unit whose error depends on it}."""
+    unit_hops, memo = hops(graph), {}
+
+    def origins(name: str) -> frozenset:
+        if name not in memo:
+            found = set()
+            for s in drives(graph.units[name]):
+                kind, src = graph.synapses[s].source
+                src = graph.layers[src].unit if kind == "layer" else src
+                found |= {src} if src in graph.readouts else (
+                    origins(src) if src in graph.units else set())
+            memo[name] = frozenset(found)
+        return memo[name]
+
+    out = {}
+    for name in graph.units:
+        for r in origins(name):
+            out[r] = max(out.get(r, 0), unit_hops[name])
+    return out
+
+
+def residual_graph(wiring: Wiring, signals: dict, params: dict,
+                   deep: frozenset | None = None) -> Graph:
     """A residual net (ResNet): stem, blocks of conv(+BN) layers, a dense head.
 
     Units: every block output u_b (pre = h_b, post = relu(h_b)), every conv output inside a
     block below its top conv (relu(BN(conv))), and the stem. The top conv and the
     projection shortcut of a block take the block's error; the shortcut is held fixed.
+    `deep`: the readouts that get `Wiring.local_loss_conv`'s conv layer (None: those where
+    it keeps the critical path of the wiring without it).
     """
+    if wiring.local_loss_conv and deep is None:
+        shallow = residual_graph(dataclasses.replace(wiring, local_loss_conv=0), signals,
+                                 params)
+        path = critical_path(shallow)
+        deep = frozenset(r for r, h in reach(shallow).items() if h + 1 <= path)
+        return residual_graph(wiring, signals, params, deep)
     if wiring.sources == "adjacent":
         wiring = dataclasses.replace(wiring, sources="recursive", skip_source="head",
                                      head_last=True, depth=max(wiring.depth, 2))
@@ -512,13 +559,18 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict) -> Graph:
         if kind == "pool" or wiring.local_loss == "none":
             return drive[0] if len(drive) == 1 else tuple(drive)
         grid = math.gcd(wiring.local_loss_grid, u[1], u[2])  # cells that tile the map
-        features, hidden = grid * grid * u[-1], wiring.local_loss_hidden
         readout = f"{name}_readout"
+        channels = wiring.local_loss_conv if readout in (deep or ()) else 0
+        features, hidden = grid * grid * (channels or u[-1]), wiring.local_loss_hidden
         readouts[readout] = Readout(readout, reads, grid, (features, hidden or classes),
-                                    classes if hidden else 0, wiring.local_loss_sim)
+                                    classes if hidden else 0, wiring.local_loss_sim, channels)
         local = name if wiring.local_loss == "only" else f"{name}_local"
-        synapses[local] = Synapse(local, "pool", ("unit", readout), target, reads,
-                                  (hidden or classes, features), (grid, 0))
+        if channels:  # the readout's conv units' error, back through a synapse like K
+            synapses[local] = Synapse(local, "conv", ("unit", readout), target, reads,
+                                      (3, 3, u[-1], channels), (1, 1))
+        else:
+            synapses[local] = Synapse(local, "pool", ("unit", readout), target, reads,
+                                      (hidden or classes, features), (grid, 0))
         drive.append(local)
         if wiring.local_loss_sim:  # predsim: S's error back through a synapse shaped like S
             synapses[f"{name}_sim"] = Synapse(

@@ -295,14 +295,15 @@ def test_resnet_rules_in_the_training_loop(tmp_path, rule):
     assert checkpoints.manager(str(tmp_path / "checkpoints")).latest_step() == 16
 
 
-def test_local_loss_heads_train_in_the_loop(tmp_path):
-    """Every kind of local-loss entry (a hidden readout, a decoder, a similarity conv) goes
-    through the jitted, donating train step; the similarity conv and its synapse, one
-    draw at the start, stay equal (the same deltas, the same optimizer)."""
+@pytest.mark.parametrize("head", [
+    {"lra.local_loss_hidden": 8, "lra.local_loss_recon": 0.5}, {"lra.local_loss_conv": 4}])
+def test_local_loss_heads_train_in_the_loop(tmp_path, head):
+    """Every kind of local-loss entry (a hidden or conv readout, a decoder, a similarity
+    conv) goes through the jitted, donating train step; the similarity conv and its
+    synapse, one draw at the start, stay equal (the same deltas, the same optimizer)."""
     config = smoke_config(fmnist_resnet18, num_epochs=1, **{
         "lra.module": "stage", "lra.local_loss": "only", "lra.local_loss_grid": 2,
-        "lra.local_loss_hidden": 8, "lra.local_loss_recon": 0.5, "lra.local_loss_sim": 0.9,
-        "lra.gamma": 1.0})
+        "lra.local_loss_sim": 0.9, "lra.gamma": 1.0}, **head)
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["steps"] == 16 and np.isfinite(results["test_loss"])
     mngr = checkpoints.manager(str(tmp_path / "checkpoints"))

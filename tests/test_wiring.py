@@ -303,6 +303,52 @@ def test_similarity_term_is_predsim_through_kolen_pollack_synapses():
             builder.validate(config)
 
 
+def test_conv_readout_goes_where_it_adds_no_hop_and_is_its_cross_entropy_gradient():
+    """local_loss_conv=C: a 3x3 ReLU conv before the readout's pooling, only in readouts
+    whose units are fewer hops deep than the critical path (stages 2 and 3: stage 1's
+    chain of 5 sets it). With A_back = A^T and the synapse = K (they start so), the
+    stage end's drive is B times the cross-entropy's gradient in z through the conv
+    readout; A, K get that gradient, A_back and the synapse their transposes / copies."""
+    _, variables, signals, _, labels = _resnet(batch=6)
+    wiring = Wiring(module="stage", local_loss="only", local_loss_grid=2, local_loss_conv=6)
+    graph = wiring_lib.build(wiring, signals, variables["params"], None)
+    assert wiring_lib.critical_path(graph) == 5
+    assert {n: r.conv for n, r in graph.readouts.items()} == {
+        "block_01_readout": 0, "block_03_readout": 6, "block_05_readout": 6}
+    assert wiring_lib.hops(graph)["block_03"] == 2 and wiring_lib.hops(graph)["block_01"] == 1
+    assert graph.synapses["block_03"].kind == "conv"
+    assert graph.synapses["block_03"].shape == (3, 3, 8, 6)
+    fb = wiring.init(jax.random.key(1), signals, variables["params"])
+    K = fb["block_03_readout_conv"]
+    assert float(jnp.abs(K).max()) > 0 and float(jnp.abs(fb["block_03_readout"]).max()) == 0
+    np.testing.assert_array_equal(fb["block_03"], K)
+    A = 0.3 * jax.random.normal(jax.random.key(6), fb["block_03_readout"].shape)
+    fb = dict(fb, block_03_readout=A, block_03_readout_back=A.T)
+    z = signals["blocks"]["block_03"]["post"]
+    batch = z.shape[0]
+
+    def ce(z_, a, k):
+        logits = conv.grid_pool(jax.nn.relu(conv.conv(z_, k, padding=1)), 2) @ a
+        return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1))
+
+    errors = sweep.run(graph, signals, labels, fb, beta=0.05, rescale=True)
+    grad_z, grad_a, grad_k = jax.grad(ce, argnums=(0, 1, 2))(z, A, K)
+    np.testing.assert_allclose(errors.displacements["block_03"], batch * grad_z, rtol=1e-4,
+                               atol=1e-6)
+    deltas = local.synapse_deltas(graph, signals, errors, feedback=fb)
+    np.testing.assert_allclose(deltas["block_03_readout"], grad_a, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(deltas["block_03_readout_back"], grad_a.T, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(deltas["block_03_readout_conv"], grad_k, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(deltas["block_03"], grad_k, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="local_loss_conv"):
+        Wiring(module="stage", local_loss="only", local_loss_conv=4, local_loss_hidden=8)
+    config = smoke_config(cifar10_resnet18, **{"lra.local_loss": "none",
+                                               "lra.local_loss_conv": 8})
+    with pytest.raises(ConfigError, match="local_loss_conv"):
+        builder.validate(config)
+
+
 def test_stem_module_and_inner_loss_add_readouts_where_they_say():
     """stem_module: the stem reads its own readout instead of stage 1's chain; inner_loss:
     each block inside a stage reads its own readout beside the chain. Each new readout
