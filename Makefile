@@ -6,7 +6,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_WORKDIR ?= workdirs/demo
 DEMO_RULES ?= rec_lra,bp
 
-.PHONY: install test test-fast lint demo data benchmark clean
+.PHONY: install test test-fast lint demo data benchmark clean notebooks sync-notebooks
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: install
 # The edit-run loop: everything but the command-line tests marked `slow`.
 test-fast: install
 	$(PY) -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
+
+# The notebooks in smoke mode (synthetic data, a few steps), each in a fresh kernel, and
+# each .ipynb against its text twin; sync-notebooks rewrites the .ipynb from the .py.
+notebooks: install
+	$(PY) -m pytest -q tests/test_notebooks.py
+
+sync-notebooks: install
+	$(PY) -m jupytext --to ipynb notebooks/*.py
 
 lint: install
 	$(PY) -m ruff check .

@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import plot, shell
-from rec_lra_jax import builder, train
+from rec_lra_jax import builder, metrics, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Parent directory; each rule trains in <workdir>/<rule>.")
@@ -56,29 +56,6 @@ def final_val_accuracy(workdir: str) -> float | None:
     return json.loads(lines[-1])["val_accuracy"] if lines else None
 
 
-def format_table(results: list[dict], reach: float | None = None) -> str:
-    """A Markdown table of results.json records (with "epochs_to" when `reach` is set, and
-    "epochs_to_bp" when the records have it)."""
-    extra = f" epochs to {100 * reach:g} % val |" if reach is not None else ""
-    to_bp = any("epochs_to_bp" in r for r in results)
-    header = (f"| rule | wiring | target hops | test acc (%) | best val acc (%) | epochs | "
-              f"train time (s) | s / epoch |{extra}{' epochs to bp - 1 |' if to_bp else ''}\n"
-              f"| --- | --- | --- | --- | --- | --- | --- | --- |{' --- |' if extra else ''}"
-              f"{' --- |' if to_bp else ''}")
-    rows = []
-    for r in results:
-        row = (f"| {r['rule']} | {r.get('wiring', '-')} | {r.get('target_hops', '-')} | "
-               f"{100 * r['test_accuracy']:.2f} | "
-               f"{100 * r['best_val_accuracy']:.2f} | {r['epochs']} | {r['train_seconds']:.1f} | "
-               f"{r['train_seconds'] / r['epochs']:.2f} |")
-        if extra:
-            row += f" {r.get('epochs_to') or '-'} |"
-        if to_bp:
-            row += f" {r.get('epochs_to_bp') or '-'} |"
-        rows.append(row)
-    return "\n".join([header, *rows])
-
-
 def main(argv):
     del argv
     unknown = [r for r in FLAGS.rules if r not in builder.rules_for(FLAGS.config)]
@@ -101,7 +78,7 @@ def main(argv):
         result["epochs_to"] = epochs_to(os.path.join(workdir, rule), FLAGS.reach)
         if bp_final is not None:
             result["epochs_to_bp"] = epochs_to(os.path.join(workdir, rule), bp_final - 0.01)
-    table = format_table(results, FLAGS.reach)
+    table = metrics.results_table(results, FLAGS.reach)
     first = results[0]
     title = (f"{first['dataset']}, {first['model']}, seed {first['seed']}, "
              f"data from {first['data_source']}")

@@ -185,3 +185,26 @@ class Stopwatch:
         """Adds the time since start() and returns the total."""
         self.seconds += time.perf_counter() - self._t0
         return self.seconds
+
+
+def results_table(results: list[dict], reach: float | None = None) -> str:
+    """A Markdown table of results.json records (with "epochs_to" when `reach` is set, and
+    "epochs_to_bp" when the records have it)."""
+    extra = f" epochs to {100 * reach:g} % val |" if reach is not None else ""
+    to_bp = any("epochs_to_bp" in r for r in results)
+    header = (f"| rule | wiring | target hops | test acc (%) | best val acc (%) | epochs | "
+              f"train time (s) | s / epoch |{extra}{' epochs to bp - 1 |' if to_bp else ''}\n"
+              f"| --- | --- | --- | --- | --- | --- | --- | --- |{' --- |' if extra else ''}"
+              f"{' --- |' if to_bp else ''}")
+    rows = []
+    for r in results:
+        row = (f"| {r['rule']} | {r.get('wiring', '-')} | {r.get('target_hops', '-')} | "
+               f"{100 * r['test_accuracy']:.2f} | "
+               f"{100 * r['best_val_accuracy']:.2f} | {r['epochs']} | {r['train_seconds']:.1f} | "
+               f"{r['train_seconds'] / r['epochs']:.2f} |")
+        if extra:
+            row += f" {r.get('epochs_to') or '-'} |"
+        if to_bp:
+            row += f" {r.get('epochs_to_bp') or '-'} |"
+        rows.append(row)
+    return "\n".join([header, *rows])
