@@ -62,7 +62,7 @@ def cosines(config, workdir: str, betas: list[float], examples: int
     grads = steps.rule_deltas(backprop.model, backprop.rule, state.params, {},
                               state.batch_stats, x, onehot, autodiff=True)["params"]
     if not betas:
-        hyperparams = getattr(state.opt_state[0], "hyperparams", {})
+        hyperparams = getattr(rules.rule_state(state.opt_state), "hyperparams", {})
         betas = [float(hyperparams.get("beta", config.lra.beta))]
     out: dict[str, list[float]] = {}
     config.lra.beta_schedule = "constant"  # each beta as given, at every step

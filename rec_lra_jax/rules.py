@@ -291,6 +291,21 @@ def sign_symmetry() -> Rule:
     return _autodiff()
 
 
+def rule_state(opt_state: Any) -> Any:
+    """The state of the scheduled rule inside an optax chain's state, found by its
+    hyperparameter's name (an `optax.inject_hyperparams` state holding "beta"), wherever
+    the rule sits; None when no rule holds a schedule (a plain rule's state is empty, so a
+    fresh one equals it)."""
+    kinds = optax.InjectHyperparamsState | optax.InjectStatefulHyperparamsState
+    is_state = lambda s: isinstance(s, kinds)
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_state)
+             if is_state(s) and "beta" in s.hyperparams]
+    if len(found) > 1:
+        raise ValueError(f"{len(found)} transforms in the optimizer state hold a 'beta': "
+                         f"one rule per chain.")
+    return found[0] if found else None
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy against one-hot labels."""
     return jnp.mean(optax.softmax_cross_entropy(logits, labels))

@@ -19,7 +19,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rec_lra_jax import builder, checkpoints, metrics, rundir, sources, steps
+from rec_lra_jax import builder, checkpoints, metrics, rules, rundir, sources, steps
 from rec_lra_jax.config_schema import ConfigError
 
 
@@ -270,7 +270,7 @@ class _Run:
         if self.cosine_fn is not None:
             images, labels = next(iter(self.data.val.eval_batches(plan.batch_size)))
             alignment = self.cosine_fn(state.params, state.feedback, state.batch_stats,
-                                       images, labels, state.opt_state[0])
+                                       images, labels, rules.rule_state(state.opt_state))
             record.update({k: float(v) for k, v in alignment.items()})
         if val["accuracy"] > meta["best_val_accuracy"] or meta["best_step"] == 0:
             meta.update(best_val_accuracy=val["accuracy"], best_step=step)

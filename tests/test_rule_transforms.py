@@ -271,3 +271,21 @@ def test_wrappers_around_a_local_rule_are_refused_with_where_it_goes(name):
                optax.chain(optax.clip_by_global_norm(1.0), rule)):
         with pytest.raises(ValueError, match=r"optax.chain\(rule, optax.MultiSteps"):
             _step(model, tx, False)(trainables, tx.init(trainables), x, y)
+
+
+def test_the_rules_state_is_found_by_name_wherever_it_sits():
+    """rules.rule_state finds the scheduled rule's state by its hyperparameter "beta" (the
+    loop's diagnostics evaluate beta at the training step with it), in a chain, in a
+    named chain, and refuses two rules in one state."""
+    rule = optax.inject_hyperparams(rl.rec_lra)(beta=optax.linear_schedule(0.1, 0.01, 4),
+                                                 activation="tanh")
+    params = {"w": jnp.zeros(3)}
+    for tx in (optax.chain(rule, optax.sgd(0.1)),
+               optax.named_chain(("rule", rule), ("sgd", optax.sgd(0.1)))):
+        state = tx.init(params)
+        found = rl.rules.rule_state(state)
+        assert found is (state[0] if isinstance(state, tuple) else state["rule"])
+        assert float(found.hyperparams["beta"]) == pytest.approx(0.1)
+    assert rl.rules.rule_state(optax.chain(optax.sgd(0.1)).init(params)) is None
+    with pytest.raises(ValueError, match="one rule per chain"):
+        rl.rules.rule_state(optax.chain(rule, rule).init(params))
