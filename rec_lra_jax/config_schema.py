@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from rec_lra_jax import local, models, sweep, wiring
 from rec_lra_jax.rules import RULES, SCHEDULES
+from rec_lra_jax.sources import DATASETS, SOURCES
 
 
 class ConfigError(ValueError):
@@ -57,7 +58,7 @@ WIDTHS = Check(lambda v: isinstance(v, tuple | list) and len(v) > 0 and all(
 RULE_NAMES = tuple(RULES)  # the one registry: rules.RULES
 FAMILY_RULES = {"mlp": RULE_NAMES, "resnet": RULE_NAMES}
 FAMILY_NAMES = {"mlp": "MLPs", "resnet": "ResNets"}
-STREAMING = ("imagenet2012",)
+STREAMING = tuple(name for name, info in DATASETS.items() if info.streaming)
 
 
 class View(NamedTuple):
@@ -123,10 +124,10 @@ INITS = models.KERNEL_INITS
 FEEDBACK_INITS = local.FEEDBACK_INITS
 ACTIVATIONS = tuple(models.ACTIVATIONS)
 COMMON = {
-    "dataset": Key(choice("mnist", "fashion_mnist", "cifar10", "imagenet2012")),
+    "dataset": Key(choice(*DATASETS)),
     "rule": Key(TEXT),
     "seed": Key(integer(0, 2**31 - 1)),
-    "data.source": Key(choice("auto", "idx", "cifar", "folder", "tfds", "synthetic")),
+    "data.source": Key(choice(*SOURCES)),
     "data.dir": Key(TEXT, sources("idx", "cifar", "folder")),
     "data.download": Key(BOOL, sources("tfds")),
     "data.tfds_data_dir": Key(TEXT, sources("tfds")),

@@ -16,7 +16,6 @@ import numpy as np
 from absl import logging
 
 from rec_lra_jax import folder, input_pipeline, preprocessing
-from rec_lra_jax.config_schema import ConfigError
 from rec_lra_jax.input_pipeline import DataError
 
 
@@ -243,8 +242,8 @@ def create_data(dataset: str, *, source: str = "auto", data_dir: str = "",
     if "val" not in raw:  # the paper's split: the last val_size training examples
         n = len(raw["train"][1])
         if not 1 <= val_size < n:
-            raise ConfigError(f"data.val_size={val_size} must be in [1, {n}) for the {n} "
-                              f"training examples of {dataset}.")
+            raise _val_size_error(f"data.val_size={val_size} must be in [1, {n}) for the "
+                                  f"{n} training examples of {dataset}.")
         for key, part in (("val", slice(n - val_size, n)), ("train", slice(0, n - val_size))):
             images[key], raw[key] = images["train"][part], (None, raw["train"][1][part])
     make = lambda s: ArraySource(images[s], raw[s][1], shard)
@@ -341,8 +340,8 @@ def _stream_records(dataset, info, source, data_dir, download, tfds_data_dir, se
 def _split_records(records, val_size: int):
     n = len(records)
     if not 1 <= val_size < n:
-        raise ConfigError(f"data.val_size={val_size} must be in [1, {n}) for the {n} training "
-                          f"examples.")
+        raise _val_size_error(f"data.val_size={val_size} must be in [1, {n}) for the {n} "
+                              f"training examples.")
     return _Sliced(records, 0, n - val_size), _Sliced(records, n - val_size, n)
 
 
@@ -390,3 +389,11 @@ def _no_source_message(name: str, info: DatasetInfo, download: bool) -> str:
                    + ("check the network (download=True was set)" if download
                       else "--config.data.download=True (needs network)"))
     return f"No copy of {name!r} found. Options:\n  - " + "\n  - ".join(options) + "\n"
+
+
+def _val_size_error(message: str) -> Exception:
+    """A ConfigError (imported here: config_schema reads this module's DATASETS and
+    SOURCES, the one home of those choices)."""
+    from rec_lra_jax.config_schema import ConfigError  # noqa: PLC0415 - see above
+
+    return ConfigError(message)
