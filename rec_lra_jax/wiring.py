@@ -340,6 +340,27 @@ def critical_path(graph: Graph) -> int:
     return max([*hops(graph).values(), *teacher_hops(graph).values()])
 
 
+def levels(graph: Graph) -> dict[int, tuple[str, ...]]:
+    """{target hops: the units whose errors are known after that many sweep steps}: each
+    level's units depend only on lower levels, so they can be computed side by side."""
+    out: dict[int, list[str]] = {}
+    for name, h in hops(graph).items():
+        out.setdefault(h, []).append(name)
+    return {h: tuple(sorted(out[h])) for h in sorted(out)}
+
+
+def groups(graph: Graph) -> dict[tuple, tuple[str, ...]]:
+    """{(level, the kinds and shapes of the synapses that drive a unit): its units}: units
+    of one level whose drives have the same kinds and shapes could share one batched
+    (vmapped) carry."""
+    unit_hops, out = hops(graph), {}
+    for name, unit in graph.units.items():
+        drive = tuple((graph.synapses[s].kind, graph.synapses[s].shape) for s in drives(unit))
+        out.setdefault((unit_hops[name], drive), []).append(name)
+    return {key: tuple(sorted(names)) for key, names in sorted(
+        out.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))}
+
+
 def get(signals: Any, path: Path) -> Any:
     """signals[path[0]][path[1]]... (dict keys and tuple indices)."""
     for key in path:

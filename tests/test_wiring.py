@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import cifar10_resnet18
+from experiments import wiring as wiring_command
 from rec_lra_jax import builder, conv, local, resnet, rules, steps, sweep
 from rec_lra_jax import wiring as wiring_lib
 from rec_lra_jax.config_schema import ConfigError
@@ -437,3 +438,34 @@ def test_a_perturbation_wired_config_trains_and_its_skips_learn():
     state, metrics = setup.train_fn(setup.state, None, (images, labels))  # donates the state
     assert bool(metrics["state_finite"])
     assert float(jnp.abs(state.feedback["block_03"]).max()) > 0
+
+
+@pytest.mark.parametrize("wiring,widest", [
+    (Wiring(module="stage", local_loss="only", local_loss_grid=2), 4), (Wiring(), 9),
+    (Wiring("transpose"), 1)])
+def test_levels_partition_the_units_and_each_reads_only_lower_levels(wiring, widest):
+    """wiring.levels: every unit once, at its target hops; a unit's drive reads errors of
+    lower levels only (so a level can be computed side by side); groups refine levels."""
+    _, variables, signals, _, _ = _resnet()
+    graph = wiring_lib.build(wiring, signals, variables["params"], None)
+    levels = wiring_lib.levels(graph)
+    assert sorted(u for units in levels.values() for u in units) == sorted(graph.units)
+    assert max(levels) == wiring_lib.critical_path(graph)
+    assert max(len(units) for units in levels.values()) == widest
+    level_of = {u: h for h, units in levels.items() for u in units}
+    for name, unit in graph.units.items():
+        for s in wiring_lib.drives(unit):
+            kind, src = graph.synapses[s].source
+            src = graph.layers[src].unit if kind == "layer" else src
+            if src in graph.units:
+                assert level_of[src] < level_of[name], (name, src)
+    grouped = wiring_lib.groups(graph)
+    assert sorted(u for units in grouped.values() for u in units) == sorted(graph.units)
+    assert all(level_of[u] == key[0] for key, units in grouped.items() for u in units)
+
+
+def test_the_wiring_command_reports_every_rules_critical_path():
+    table = wiring_command.report(smoke_config(cifar10_resnet18), ["rec_lra", "dfa", "bp"])
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines()[2:]}
+    assert rows["rec_lra"][2] == "5" and rows["dfa"][2] == "1" and rows["bp"][2] == "17"
+    assert rows["dfa"][3] == "0:1 1:17" and rows["dfa"][4] == "17"
