@@ -77,6 +77,11 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.on_nonfinite = "stop"  # stop | skip (optax.apply_if_finite)
     config.max_consecutive_skips = 10  # skip only: consecutive non-finite steps before stopping
 
+    config.mesh = ml_collections.ConfigDict()
+    # Devices on the "data" mesh axis (each batch split over them); 0: every device. The
+    # batch size must divide over them.
+    config.mesh.data = 0
+
     config.diagnostics = ml_collections.ConfigDict()
     # Per epoch and layer: cos(rule delta, backprop gradient) and ||delta|| / ||gradient||.
     config.diagnostics.cosine = False

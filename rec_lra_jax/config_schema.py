@@ -167,6 +167,7 @@ COMMON = {
     "input_noise": Key(number(0)),
     "augment": Key(choice("none", "crop_flip"), streaming(False)),
     "steps_per_call": Key(integer(1)),
+    "mesh.data": Key(integer(0)),
     "log_every_steps": Key(integer(0)),
     "checkpoint_every_epochs": Key(number(0, strict=True)),
     "keep_checkpoints": Key(integer(1)),

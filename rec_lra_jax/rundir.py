@@ -26,12 +26,13 @@ from rec_lra_jax import config_schema
 FREE_KEYS = frozenset({
     "log_every_steps", "eval_batch_size", "steps_per_call", "checkpoint_every_epochs",
     "keep_checkpoints", "data.threads", "data.processes", "data.cache_dir", "diagnostics.cosine",
-    "diagnostics.test_curve",
+    "diagnostics.test_curve", "mesh.data",
 })
 
 # Keys added after runs were saved, with the value that reproduces those runs: a saved
 # config without the key matches a config holding that value.
-ADDED_KEYS = {"model.init_scale": 1.0, "lra.weight_mirror": 0.0, "lra.module": "block",
+ADDED_KEYS = {"model.init_scale": 1.0, "mesh.data": 0, "lra.weight_mirror": 0.0,
+              "lra.module": "block",
               "lra.stem_module": False, "lra.inner_loss": False, "lra.probe_sigma": 0.05,
               "lra.local_loss": "none", "lra.local_loss_grid": 1,
               "lra.local_loss_hidden": 0, "lra.local_loss_recon": 0.0,

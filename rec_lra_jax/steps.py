@@ -265,13 +265,25 @@ def eval_step(params, batch_stats, images, labels, *, model,
     }
 
 
-def data_mesh_sharding(batch_size: int) -> NamedSharding | None:
-    """Batch sharding over all devices on a 'data' axis, or None with one device.
+def data_mesh_sharding(batch_size: int, devices: int = 0) -> NamedSharding | None:
+    """Batch sharding over `devices` devices (0: all) on a 'data' axis, or None for one.
 
-    State and datasets are replicated over the same mesh (PartitionSpec()).
+    State and datasets are replicated over the same mesh (PartitionSpec()). Raises
+    ValueError when the batch does not divide over the devices (naming both numbers) or
+    more devices are asked for than there are.
     """
-    n = jax.device_count()
-    if n == 1 or batch_size % n:
+    available = jax.device_count()
+    n = devices or available
+    if n > available or (jax.process_count() > 1 and n != available):
+        raise ValueError(f"mesh.data={n} devices asked for; {available} are visible"
+                         + (" (with several processes the data axis spans all of them)"
+                            if jax.process_count() > 1 else "") + ".")
+    if batch_size % n:
+        raise ValueError(f"batch_size={batch_size} does not divide over the {n} devices of the "
+                         f"data axis: use a batch size that is a multiple of {n}, or set "
+                         f"--config.mesh.data to a divisor of {batch_size}.")
+    if n == 1:
         return None
-    mesh = jax.make_mesh((n,), ("data",), (jax.sharding.AxisType.Auto,))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:n]), ("data",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
     return NamedSharding(mesh, P("data"))

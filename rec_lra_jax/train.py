@@ -72,7 +72,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
         raise ConfigError(f"batch_size={plan.batch_size} exceeds the {len(data.train)} "
                           f"training examples of {plan.dataset}.")
     total_steps = steps_per_epoch * plan.num_epochs
-    sharding = steps.data_mesh_sharding(plan.batch_size)
+    try:
+        sharding = steps.data_mesh_sharding(plan.batch_size, config.mesh.data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     # A resume restores the state, so its template skips the start-only weight mirror. (A
     # step directory is one orbax restores or refuses with CheckpointError: never None.)
     setup = builder.create_setup(config, input_shape=data.image_shape,
@@ -350,7 +353,7 @@ def evaluate(eval_fn, state, source: sources.BatchSource, batch_size: int,
     Every batch is padded to `batch_size` (label -1), so one program serves the split.
     """
     totals = {"loss_sum": 0.0, "correct": 0, "correct_top5": 0, "count": 0}
-    use = sharding if sharding is not None and batch_size % jax.device_count() == 0 else None
+    use = sharding if sharding is not None and batch_size % sharding.mesh.size == 0 else None
     for images, labels in _equal_batches(source, batch_size):
         pad = batch_size - len(labels)
         if pad:

@@ -29,6 +29,7 @@ from rec_lra_jax import (
     steps,
     train,
 )
+from rec_lra_jax.config_schema import ConfigError
 from tests.helpers import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +114,22 @@ def test_sharded_train_step_equals_unsharded():
     # Sharded batch means reduce in another order: float32 rounding (measured: one element
     # in 25,088 off by 2.8e-6 after 3 AdamW steps with He-scaled synapses).
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5), ref, got)
-    assert steps.data_mesh_sharding(32) is not None and steps.data_mesh_sharding(30) is None
+    assert steps.data_mesh_sharding(32).mesh.size == 8
+    assert steps.data_mesh_sharding(30, 2).mesh.size == 2
+    assert steps.data_mesh_sharding(30, 1) is None
+    with pytest.raises(ValueError, match=r"batch_size=30 does not divide over the 8 devices"):
+        steps.data_mesh_sharding(30)
+    with pytest.raises(ValueError, match=r"mesh.data=16 devices asked for; 8 are visible"):
+        steps.data_mesh_sharding(32, 16)
+
+
+def test_a_batch_that_does_not_divide_the_data_axis_is_a_config_error(tmp_path):
+    config = smoke_config(fmnist_mlp, batch_size=30)
+    with pytest.raises(ConfigError, match="batch_size=30 does not divide over the 8 devices"):
+        train.train_and_evaluate(config, str(tmp_path / "all"))
+    config = smoke_config(fmnist_mlp, batch_size=30, **{"mesh.data": 2})
+    results = train.train_and_evaluate(config, str(tmp_path / "two"))  # over 2 devices
+    assert np.isfinite(results["test_loss"])
 
 
 def test_single_step_calls_equal_the_fused_scan():
