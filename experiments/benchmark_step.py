@@ -43,6 +43,22 @@ def build_step(config, rule, data, batches, info):
     return setup.train_fn, setup.state, compiled.memory_analysis()
 
 
+def state_bytes(state) -> dict[str, int]:
+    """Where a train state's bytes go: forward parameters (with BatchNorm statistics),
+    error synapses, and the optimizer state of each (AdamW keeps two moments per entry)."""
+    out = {"params": 0, "synapses": 0, "opt params": 0, "opt synapses": 0}
+    for key, tree in (("params", (state.params, state.batch_stats)),
+                      ("synapses", state.feedback)):
+        out[key] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    for path, x in jax.tree_util.tree_leaves_with_path(state.opt_state):
+        if not hasattr(x, "dtype"):
+            continue
+        side = "synapses" if any(getattr(k, "key", None) == "feedback" for k in path) else \
+            "params"
+        out[f"opt {side}"] += x.size * x.dtype.itemsize
+    return out
+
+
 def _mib(memory, *fields) -> float:
     if memory is None:
         return float("nan")
@@ -91,6 +107,16 @@ def main(argv):
               f"{_mib(mem, 'temp_size_in_bytes'):.1f} | "
               f"{_mib(mem, 'argument_size_in_bytes', 'output_size_in_bytes'):.1f} | "
               f"{mratio} |")
+    print("\nWhere the state's memory goes (MiB; optimizer state split by what it updates):\n")
+    print("| rule | params + BN stats | synapses | optimizer state of params | optimizer "
+          "state of synapses | XLA temp | total (state + temp) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r, (_, state, mem) in built.items():
+        parts = {k: v / 2**20 for k, v in state_bytes(state).items()}
+        temp = _mib(mem, "temp_size_in_bytes")
+        print(f"| {r} | {parts['params']:.1f} | {parts['synapses']:.1f} | "
+              f"{parts['opt params']:.1f} | {parts['opt synapses']:.1f} | {temp:.1f} | "
+              f"{sum(parts.values()) + temp:.1f} |")
 
 
 if __name__ == "__main__":
