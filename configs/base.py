@@ -64,6 +64,10 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.optim.schedule = "cosine"  # constant | cosine
     config.optim.final_lr_frac = 0.0  # cosine only: final lr / lr
     config.optim.clip_norm = 1.0  # per-tensor re-projection radius c; 0 disables
+    # adamw, local rules: synapses whose Kolen-Pollack deltas equal a kernel's (or a
+    # readout's) reuse its Adam moments instead of keeping their own (the same updates,
+    # less memory); needs lra.gamma 1 and the kp synapse rule
+    config.optim.share_moments = False
 
     config.batch_size = 50
     config.eval_batch_size = 1000

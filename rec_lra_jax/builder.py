@@ -26,6 +26,7 @@ import optax
 from rec_lra_jax import (
     config_schema,
     diagnostics,
+    local,
     models,
     resnet,
     rules,
@@ -262,7 +263,13 @@ def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int,
     after the rule skips non-finite deltas (`optax.apply_if_finite`).
     """
     o, lr = config.optim, learning_rate(config, total_steps)
-    if o.name == "adamw":
+    if o.name == "adamw" and o.get("share_moments") and feedback_is_learned(config, rule) \
+            and rules.RULES[rule or config.rule].local:
+        twins = local.twins(create_graph(config, rule))  # adamw's chain, fewer moments
+        opt = optax.chain(transforms.scale_by_adam_shared(twins),
+                          optax.add_decayed_weights(o.weight_decay),
+                          optax.scale_by_learning_rate(lr))
+    elif o.name == "adamw":
         opt = optax.adamw(lr, weight_decay=o.weight_decay)
     else:
         opt = optax.chain(optax.add_decayed_weights(o.weight_decay),

@@ -161,6 +161,7 @@ COMMON = {
     "optim.schedule": Key(choice("constant", "cosine")),
     "optim.final_lr_frac": Key(number(0, hi=1), when("optim.schedule", "cosine")),
     "optim.clip_norm": Key(number(0)),
+    "optim.share_moments": Key(BOOL, all_of(rules(*LOCAL), when("optim.name", "adamw"))),
     "batch_size": Key(integer(1)),
     "eval_batch_size": Key(integer(1)),
     "num_epochs": Key(integer(1)),
@@ -373,6 +374,12 @@ def _combinations(flat: dict, family: str) -> list[str]:
                 "lra.feedback_rule") == "fixed":
             problems.append("lra.local_loss needs learned synapses (its readouts learn with "
                             "them): set lra.feedback_rule='kp' or lra.local_loss='none'.")
+    if flat.get("optim.share_moments") and flat.get("rule") in LOCAL and (
+            flat.get("lra.gamma") != 1.0 or flat.get("lra.gamma_schedule") != "constant"
+            or (flat.get("rule") != "kp" and flat.get("lra.feedback_rule") != "kp")):
+        problems.append("optim.share_moments reuses a kernel's Adam moments for the synapse "
+                        "whose deltas equal its own: that needs lra.gamma=1.0 with "
+                        "lra.gamma_schedule='constant' and lra.feedback_rule='kp'.")
     if flat.get("dataset") in STREAMING and flat.get("data.source") in ("idx", "cifar"):
         problems.append(f"data.source={flat['data.source']!r} cannot hold {flat['dataset']}; "
                         f"use 'auto', 'tfds', 'folder' or 'synthetic'.")

@@ -264,6 +264,32 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
     return out
 
 
+def twins(graph: Graph) -> dict[str, tuple[tuple, bool]]:
+    """{feedback key: (the path of its twin in {"params", "feedback"}, transposed)}: the
+    entries whose delta under the Kolen-Pollack rule with gamma 1 is exactly another entry's
+    delta (or its transpose): a synapse mirroring a forward kernel, a readout's synapses
+    (A^T, A_back, a conv head's K, a similarity conv's S, a decoder's D). An optimizer can
+    keep one set of moments for each pair (`transforms.scale_by_adam_shared`)."""
+    sims = {similarity_key(r) for r in graph.readouts.values() if r.sim}
+    out = {}
+    for name, s in graph.synapses.items():
+        layer = mirrored_layer(graph, s) if s.kind != "identity" else None
+        readout = graph.readouts.get(s.source[1])
+        if layer is not None:
+            out[name] = (("params", layer.name, *layer.kernel), s.shape != layer.kernel_shape)
+        elif readout is not None:
+            out[name] = (("feedback", f"{readout.name}_conv"), False) if readout.conv else (
+                ("feedback", readout.name), True)
+        elif s.source[1] in sims or s.kind == "upconv":
+            out[name] = (("feedback", s.source[1]), False)
+    for name, r in graph.readouts.items():
+        if r.classes:
+            out[f"{name}_back"] = (("feedback", f"{name}_out"), True)
+        elif r.conv:
+            out[f"{name}_back"] = (("feedback", name), True)
+    return out
+
+
 def mirrored_layer(graph: Graph, synapse: Synapse):
     """The forward layer whose transpose the synapse stands in for, or None: a conv
     synapse carrying that conv layer's error, or a pool synapse carrying the error of a

@@ -43,3 +43,34 @@ def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
         return jax.tree.map(clip, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_adam_shared(twins: dict[str, tuple[tuple, bool]], b1: float = 0.9,
+                         b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+    """`optax.scale_by_adam` over {"params", "feedback"} that keeps no moments for the
+    synapses in `twins` ({feedback key: (its twin's path, transposed)}, `local.twins`):
+    each gets its twin's direction (transposed where it is), which is what its own moments
+    would give when its deltas equal its twin's, as Kolen-Pollack's do with gamma 1. With
+    `optax.add_decayed_weights` and `optax.scale_by_learning_rate` after it, the chain is
+    `optax.adamw`'s, with the synapses' moments (twice their size) gone."""
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+
+    def strip(tree):
+        return {**tree, "feedback": {k: v for k, v in tree["feedback"].items()
+                                     if k not in twins}}
+
+    def init_fn(params):
+        return adam.init(strip(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        out, state = adam.update(strip(updates), state)
+        feedback = dict(out["feedback"])
+        for name, (path, transposed) in twins.items():
+            d = out
+            for key in path:
+                d = d[key]
+            feedback[name] = d.T if transposed else d
+        return {**out, "feedback": feedback}, state
+
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -24,6 +24,7 @@ from rec_lra_jax import (
     builder,
     checkpoints,
     input_pipeline,
+    local,
     metrics,
     sources,
     steps,
@@ -130,6 +131,46 @@ def test_a_batch_that_does_not_divide_the_data_axis_is_a_config_error(tmp_path):
     config = smoke_config(fmnist_mlp, batch_size=30, **{"mesh.data": 2})
     results = train.train_and_evaluate(config, str(tmp_path / "two"))  # over 2 devices
     assert np.isfinite(results["test_loss"])
+
+
+@pytest.mark.parametrize("rule,lra", [
+    ("kp", {}),
+    ("rec_lra", {"lra.module": "stage", "lra.local_loss": "only", "lra.local_loss_grid": 2,
+                 "lra.local_loss_hidden": 8, "lra.local_loss_sim": 0.5,
+                 "lra.local_loss_recon": 0.5}),
+    ("rec_lra", {"lra.module": "stage", "lra.local_loss": "only", "lra.local_loss_conv": 4}),
+])
+def test_shared_moments_train_exactly_like_adamw_with_less_state(rule, lra):
+    """optim.share_moments: every synapse whose Kolen-Pollack delta equals a kernel's or a
+    readout entry's (gamma 1) reuses its Adam moments; the train state after 3 fused steps
+    equals plain AdamW's, with the optimizer state smaller by those synapses' moments."""
+    states, sizes = [], []
+    for share in (False, True):
+        config = smoke_config(fmnist_resnet18, rule=rule, **lra, **{
+            "lra.gamma": 1.0, "optim.share_moments": share, "optim.weight_decay": 0.05})
+        builder.validate(config)
+        setup = builder.create_setup(config, input_shape=(28, 28, 1), num_classes=10,
+                                     total_steps=10, donate=False)
+        raw = input_pipeline.synthetic_arrays((28, 28, 1), 10, seed=0)["train"]
+        data = (jnp.asarray(raw[0]), jnp.asarray(raw[1]))
+        state, _ = setup.train_fn(setup.state, data, jnp.arange(3 * 32).reshape(3, 32))
+        states.append({"params": state.params, "feedback": state.feedback})
+        sizes.append(sum(x.size for x in jax.tree.leaves(state.opt_state)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *states)
+    twins = local.twins(builder.create_graph(config, rule))
+    saved = 2 * sum(states[0]["feedback"][name].size for name in twins)
+    assert saved > 0 and sizes[0] - sizes[1] == saved
+    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(states[0]["feedback"]), jax.tree.leaves(setup.state.feedback),
+        strict=True))
+    assert moved > 1e-4  # the synapses did learn
+
+
+def test_shared_moments_need_gamma_one_and_the_kp_synapse_rule():
+    for flags in ({"lra.gamma": 0.5}, {"lra.feedback_rule": "error_displacement"}):
+        config = smoke_config(fmnist_resnet18, **flags, **{"optim.share_moments": True})
+        with pytest.raises(ConfigError, match="share_moments"):
+            builder.validate(config)
 
 
 def test_single_step_calls_equal_the_fused_scan():
