@@ -289,3 +289,31 @@ def test_the_rules_state_is_found_by_name_wherever_it_sits():
     assert rl.rules.rule_state(optax.chain(optax.sgd(0.1)).init(params)) is None
     with pytest.raises(ValueError, match="one rule per chain"):
         rl.rules.rule_state(optax.chain(rule, rule).init(params))
+
+
+@pytest.mark.parametrize("name", [*LOCAL, "kp"])
+def test_a_per_layer_hybrid_with_partition_after_the_rule(name):
+    """rec-LRA (or any local rule) here, frozen there: `chain(rule, partition(...))` trains
+    the labelled layers exactly as the plain chain does and leaves the frozen ones as
+    they were."""
+    model, kwargs, trainables, x, y = _problem(name if name != "kp" else "rec_lra")
+    factory = {**LOCAL, "kp": rl.kolen_pollack}[name]
+    if name == "kp":
+        trainables = dict(trainables, feedback=rl.wiring_of("kp").init(
+            jax.random.key(1), model.apply({"params": trainables["params"]}, x),
+            trainables["params"], activation="tanh"))
+    frozen = sorted(trainables["params"])[0]  # the first layer
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if path[0].key == "params" and path[1].key == frozen
+        else "learn", trainables)
+    hybrid = optax.chain(factory(**kwargs), optax.partition(
+        {"learn": optax.sgd(0.1), "frozen": optax.set_to_zero()}, labels))
+    plain = optax.chain(factory(**kwargs), optax.sgd(0.1))
+    got, _ = _step(model, hybrid, False)(trainables, hybrid.init(trainables), x, y)
+    want, _ = _step(model, plain, False)(trainables, plain.init(trainables), x, y)
+    for layer in trainables["params"]:
+        expected = trainables if layer == frozen else want
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                     got["params"][layer], expected["params"][layer])
+    assert not np.allclose(got["params"][sorted(trainables["params"])[-1]]["kernel"],
+                           trainables["params"][sorted(trainables["params"])[-1]]["kernel"])
