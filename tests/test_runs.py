@@ -347,7 +347,7 @@ def test_image_folder_streams_through_the_imagenet_loop(tmp_path):
     root = bad_inputs.write_folder(str(tmp_path / "photos"), per_class=8)
     config = smoke_config(resnet18, **{"data.source": "auto", "data.dir": root,
                                        "data.val_size": 6, "batch_size": 6,
-                                       "eval_batch_size": 6})
+                                       "eval_batch_size": 6, "mesh.data": 2})
     data = builder.create_data(config)
     assert isinstance(data.train, sources.StreamSource) and data.num_classes == 3
     assert (len(data.train), len(data.val), len(data.test)) == (18, 6, 24)
