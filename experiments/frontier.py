@@ -19,7 +19,7 @@ import ml_collections
 from absl import flags
 
 from experiments import shell
-from rec_lra_jax import builder, config_schema
+from rec_lra_jax import builder, config_schema, rundir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where frontier.md and frontier.png go.")
@@ -49,8 +49,10 @@ def load_runs(patterns: list[str]) -> list[dict]:
 def _key(config: dict, *, keep_rule: bool) -> str:
     """The run's config without its seed (and rule), and without keys its rule does not
     read: runs of one point (and a rule's backprop twin) share it."""
-    flat = config_schema.flatten(config)
-    unread = config_schema.unread(flat)
+    # A key added since a run was saved holds the value that reproduces it (rundir).
+    flat = {**rundir.ADDED_KEYS, **config_schema.flatten(config)}
+    # The backprop twin's key: keys backprop does not read do not tell runs apart.
+    unread = config_schema.unread(flat if keep_rule else {**flat, "rule": "bp"})
     drop = {"seed", "diagnostics.cosine", "diagnostics.test_curve", "log_every_steps",
             "checkpoint_every_epochs", "keep_checkpoints", "data.dir", "data.cache_dir"}
     if not keep_rule:
@@ -109,9 +111,11 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    markers = "osD^vP*Xhp"  # points of equal hops and accuracy stay told apart
     for i, r in enumerate(rows):
-        ax.errorbar(r["hops"], r["test"], yerr=r["test_std"], fmt="o", color=f"C{i % 10}",
-                    capsize=3, label=f"{r['rule']}: {r['wiring']}")
+        ax.errorbar(r["hops"], r["test"], yerr=r["test_std"], fmt=markers[i % len(markers)],
+                    color=f"C{i % 10}", mfc="none", capsize=3,
+                    label=f"{r['rule']}: {r['wiring']}")
     ax.set(xlabel="target hops (critical path of the sweep)", ylabel="test accuracy (%)",
            title="accuracy against target hops")
     ax.legend(fontsize=6, loc="best")

@@ -141,3 +141,29 @@ def test_truncated_records_are_rewritten(finished_mlp, tmp_path):
     assert results == out and out["test_accuracy"] == before["test_accuracy"]
     assert config["config"]["optim"]["lr"] == 0.001
     assert [r["epoch"] for r in metrics.read_jsonl(str(run / "metrics.jsonl"))] == [1]
+
+
+def _fake_run(root, name, config, accuracy):
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": config}))
+    (run / "results.json").write_text(json.dumps({"test_accuracy": accuracy, "epochs": 2}))
+
+
+def test_the_frontier_groups_seeds_across_keys_added_since(tmp_path):
+    # A run saved before optim.share_moments and mesh.data existed is the same point as a
+    # newer seed of its config, and a kp run finds its backprop twin although bp does not
+    # read share_moments.
+    from experiments import frontier  # noqa: PLC0415 - absl flags at import
+
+    new = smoke_config().to_dict()
+    old = json.loads(json.dumps(new))
+    del old["optim"]["share_moments"], old["mesh"]
+    for name, config, seed, rule, acc in [("kp0", old, 0, "kp", 0.5), ("kp1", new, 1, "kp", 0.7),
+                                          ("bp0", new, 0, "bp", 0.6), ("bp1", old, 1, "bp", 0.8)]:
+        _fake_run(tmp_path, name, {**json.loads(json.dumps(config)), "seed": seed, "rule": rule},
+                  acc)
+    rows = {r["rule"]: r for r in frontier.points(frontier.load_runs([str(tmp_path / "*")]))}
+    assert rows.keys() == {"kp", "bp"}
+    assert rows["kp"]["seeds"] == [0, 1] and rows["kp"]["test"] == pytest.approx(60.0)
+    assert rows["kp"]["bp"] == pytest.approx(70.0)
