@@ -51,7 +51,9 @@ WRAPPED = (
     "(tx.update(trainables, state, trainables, signals=..., labels=...)) and come first. It "
     "was handed other updates: a wrapper around it (optax.MultiSteps would train on the "
     "last micro-batch only; optax.masked / optax.partition hide parameters it must read) or "
-    "a transform before it. Put those after the rule: optax.chain(rule, "
+    "a transform before it; or it runs in a branch traced inside the step (optax."
+    "apply_if_finite around it would judge the trainables, not the rule's deltas, and apply "
+    "a non-finite step). Put those after the rule: optax.chain(rule, "
     "optax.MultiSteps(opt, k)), optax.chain(rule, optax.partition(...)), optax.chain(rule, "
     "optax.apply_if_finite(opt, n)) (docs/library.md, 'Compositions').")
 
@@ -62,8 +64,22 @@ def check_unwrapped(updates: Any, params: Any) -> None:
     masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
     ups, ps = jax.tree.leaves(updates, is_leaf=masked), jax.tree.leaves(params, is_leaf=masked)
     if (len(ups) != len(ps) or any(masked(p) for p in ps)
-            or any(u is not p for u, p in zip(ups, ps, strict=True))):
+            or any(u is not p for u, p in zip(ups, ps, strict=True)) or _in_a_branch(ups)):
         raise ValueError(WRAPPED)
+
+
+def _in_a_branch(leaves: list) -> bool:
+    """Whether the trainables are tracers of a trace enclosing the current one: the rule is
+    traced in a branch (lax.cond) that closes over them, as inside optax.apply_if_finite or
+    optax.MultiSteps. A plain jit, scan or shard_map step traces them where the rule runs.
+    (JAX's trace context is internal; where it is missing the check is skipped.)"""
+    try:
+        from jax._src import core as jax_core  # noqa: PLC0415
+        current = jax_core.trace_ctx.trace
+    except (ImportError, AttributeError):  # pragma: no cover - another JAX layout
+        return False
+    return any(isinstance(x, jax.core.Tracer) and getattr(x, "_trace", current) is not current
+               for x in leaves)
 
 
 def check_labels(signals: dict, labels: jax.Array) -> None:

@@ -261,14 +261,16 @@ def test_apply_if_finite_after_a_rule_skips_a_nan_batch(name):
 
 @pytest.mark.parametrize("name", ["rec_lra", "kp", "lra_e", "dfa"])
 def test_wrappers_around_a_local_rule_are_refused_with_where_it_goes(name):
-    """Around the rule, MultiSteps would train on the last micro-batch only and masked /
-    partition hide parameters the sweep reads: refused when traced, naming the fix."""
+    """Around the rule, MultiSteps would train on the last micro-batch only, masked /
+    partition hide parameters the sweep reads and apply_if_finite would judge the
+    trainables instead of the deltas: refused when traced, naming the fix."""
     model, kwargs, trainables, x, y = _problem("rec_lra" if name == "kp" else name)
     rule = {**LOCAL, "kp": rl.kolen_pollack}[name](**kwargs)
     adam = optax.adam(1e-2)
     for tx in (optax.MultiSteps(optax.chain(rule, adam), 2),
                optax.masked(rule, {"params": True, "feedback": False}),
-               optax.chain(optax.clip_by_global_norm(1.0), rule)):
+               optax.chain(optax.clip_by_global_norm(1.0), rule),
+               optax.apply_if_finite(optax.chain(rule, adam), 3)):
         with pytest.raises(ValueError, match=r"optax.chain\(rule, optax.MultiSteps"):
             _step(model, tx, False)(trainables, tx.init(trainables), x, y)
 
