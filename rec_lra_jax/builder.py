@@ -172,6 +172,7 @@ def create_wiring(config: ml_collections.ConfigDict, rule: str | None = None) ->
                       local_loss_conv=lra.get("local_loss_conv", 0),
                       local_loss_recon=lra.get("local_loss_recon", 0.0),
                       local_loss_sim=lra.get("local_loss_sim", 0.0),
+                      local_loss_distill=lra.get("local_loss_distill", 0.0),
                       skip_learning=lra.get("skip_learning", "kp"),
                       skip_activity=lra.get("skip_activity", False))
     if rule == "lra_e":
@@ -204,6 +205,7 @@ def describe_wiring(config: ml_collections.ConfigDict, rule: str | None = None) 
         name += " + inner blocks" if w.inner_loss else ""
         name += f" + recon {w.local_loss_recon:g}" if w.local_loss_recon else ""
         name += f" + sim {w.local_loss_sim:g}" if w.local_loss_sim else ""
+        name += f", distilled {w.local_loss_distill:g}" if w.local_loss_distill else ""
     return name
 
 

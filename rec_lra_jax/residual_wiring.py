@@ -122,7 +122,8 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict,
         channels = wiring.local_loss_conv if readout in (deep or ()) else 0
         features, hidden = grid * grid * (channels or u[-1]), wiring.local_loss_hidden
         readouts[readout] = Readout(readout, reads, grid, (features, hidden or classes),
-                                    classes if hidden else 0, wiring.local_loss_sim, channels)
+                                    classes if hidden else 0, wiring.local_loss_sim, channels,
+                                    wiring.local_loss_distill)
         local = name if wiring.local_loss == "only" else f"{name}_local"
         if channels:  # the readout's conv units' error, back through a synapse like K
             synapses[local] = Synapse(local, "conv", ("unit", readout), target, reads,

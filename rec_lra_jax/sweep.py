@@ -5,7 +5,8 @@ units and error synapses. It takes no forward parameter at all, so it cannot tra
 forward weight by construction (docs/algorithm.md, "The sweep"):
 
   output:  e_out = eps(softmax(logits) - y)
-  readout: e_r = eps(softmax(pool(z) A_r) - y)           (a unit's local loss, if wired)
+  readout: e_r = eps(softmax(pool(z) A_r) - y)           (a unit's local loss, if wired;
+           y -> (1 - a) y + a softmax(logits) with Wiring.local_loss_distill = a)
            e_s = B beta / (1 - beta) d sim(conv(z, S)) / dh  (predsim's term, if wired)
   unit u:  d_u = carry(E_u, e_src(u))                   (the unit's error synapse)
            target "target":   ybar_u = phi(h_u - beta d_u),  e_u = eps(z_u - ybar_u)
@@ -191,7 +192,9 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
                                 output_error_unit or error_unit, alpha_skip)
     readouts = {}
     for name, readout in graph.readouts.items():  # block-local losses' errors
-        units[name], e, hidden = readout_error(readout, signals, labels, feedback,
+        target = labels if not readout.distill else (
+            (1 - readout.distill) * labels + readout.distill * jax.nn.softmax(signals["logits"]))
+        units[name], e, hidden = readout_error(readout, signals, target, feedback,
                                                output_error_unit or error_unit, alpha_skip)
         if hidden is not None:
             readouts[name] = (e, hidden)

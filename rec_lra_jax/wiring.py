@@ -93,6 +93,11 @@ class Wiring:
         input image; its error x_hat - x is carried back by a Kolen-Pollack "upconv"
         synapse, and that displacement is scaled to `local_loss_recon` times the norm of
         the unit's other drive (batch Frobenius norms). Same hops as the readout.
+      local_loss_distill: 0 or a in (0, 1]: each readout's target is (1 - a) y + a
+        softmax(logits), the network's own output beside the label (self-distillation into
+        the block-local losses, as "Be Your Own Teacher", Zhang et al. 2019; a departure).
+        The output exists after the forward pass, so the readouts' errors stay one hop
+        from it; the final layer's error is unchanged.
       local_loss_sim: 0 or beta in (0, 1) of Nokland & Eidnes's "predsim" local loss
         (2019), (1 - beta) pred + beta sim, beside the readout: a learned 3x3 conv S of the
         unit's map, h = conv(z, S); sim = mean((R(h) - R(y))^2) with R the cosine
@@ -132,6 +137,7 @@ class Wiring:
     local_loss_conv: int = 0
     local_loss_recon: float = 0.0
     local_loss_sim: float = 0.0
+    local_loss_distill: float = 0.0
     skip_learning: str = "kp"
     skip_activity: bool = False
 
@@ -201,6 +207,13 @@ class Wiring:
         if self.local_loss_sim and self.local_loss == "none":
             raise ValueError("local_loss_sim weights a term beside a local loss: set "
                              "local_loss to 'only' or 'mixed'.")
+        d = self.local_loss_distill
+        if not (isinstance(d, int | float) and 0 <= d <= 1):
+            raise ValueError(f"local_loss_distill is the output's share of each readout's "
+                             f"target, 0 <= a <= 1, got {d!r}.")
+        if d and self.local_loss == "none":
+            raise ValueError("local_loss_distill mixes the output into the readouts' "
+                             "targets: set local_loss to 'only' or 'mixed'.")
         if not (isinstance(self.local_loss_grid, int) and self.local_loss_grid >= 1):
             raise ValueError(f"local_loss_grid must be an integer >= 1, got "
                              f"{self.local_loss_grid!r}.")
@@ -258,6 +271,7 @@ class Readout(NamedTuple):
     sim: float = 0.0  # predsim's beta: a similarity term beside it (`Wiring.local_loss_sim`)
     conv: int = 0  # channels of a 3x3 ReLU conv before the pooling: K (3, 3, C_in, conv),
     # A (grid * grid * conv, classes), A_back (classes, grid * grid * conv)
+    distill: float = 0.0  # the output's share of its target (`Wiring.local_loss_distill`)
 
 
 def similarity_key(readout: "Readout") -> str:

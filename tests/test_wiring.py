@@ -1,6 +1,7 @@
 """Wirings as data: target hops, module="stage", block-local losses, regressed skips, and
 the Kolen-Pollack chain (rule kp) named for what it computes."""
 
+import dataclasses
 import functools
 
 import jax
@@ -300,6 +301,44 @@ def test_similarity_term_is_predsim_through_kolen_pollack_synapses():
     for flags, match in (({"lra.local_loss": "none"}, "local_loss_sim"),
                          ({"lra.local_loss": "only"}, "below 1")):
         config = smoke_config(cifar10_resnet18, **flags, **{"lra.local_loss_sim": 1.0})
+        with pytest.raises(ConfigError, match=match):
+            builder.validate(config)
+
+
+def test_distilled_readouts_are_the_cross_entropy_toward_the_mixed_target():
+    """local_loss_distill=a: a readout's target is (1 - a) y + a softmax(logits); with its
+    pool synapse A^T the stage end's drive is batch times the gradient in z of that cross
+    entropy, A gets its gradient, the output's own error is unchanged, hops the same."""
+    _, variables, signals, _, labels = _resnet(batch=6)
+    a = 0.7
+    wiring = Wiring(module="stage", local_loss="only", local_loss_grid=2, local_loss_distill=a)
+    graph = wiring_lib.build(wiring, signals, variables["params"], None)
+    plain = wiring_lib.build(dataclasses.replace(wiring, local_loss_distill=0.0), signals,
+                             variables["params"], None)
+    assert wiring_lib.critical_path(graph) == wiring_lib.critical_path(plain) == 5
+    fb = wiring.init(jax.random.key(1), signals, variables["params"])
+    A = 0.1 * jax.random.normal(jax.random.key(6), fb["block_03_readout"].shape)
+    fb = dict(fb, block_03_readout=A, block_03=A.T)
+    z = signals["blocks"]["block_03"]["post"]
+    target = (1 - a) * labels + a * jax.nn.softmax(signals["logits"])
+    assert float(jnp.abs(target - labels).max()) > 0.1  # the output is a real part of it
+
+    def ce(z_, a_):
+        logits = conv.grid_pool(z_, 2) @ a_
+        return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits), axis=-1))
+
+    errors = sweep.run(graph, signals, labels, fb, beta=0.05, rescale=True)
+    grad_z, grad_a = jax.grad(ce, argnums=(0, 1))(z, A)
+    np.testing.assert_allclose(errors.displacements["block_03"], z.shape[0] * grad_z,
+                               rtol=1e-4, atol=1e-6)
+    deltas = local.synapse_deltas(graph, signals, errors, feedback=fb)
+    np.testing.assert_allclose(deltas["block_03_readout"], grad_a, rtol=1e-4, atol=1e-6)
+    undistilled = sweep.run(plain, signals, labels, fb, beta=0.05, rescale=True)
+    output = next(n for n, u in graph.units.items() if u.drive is None)
+    np.testing.assert_array_equal(errors.units[output], undistilled.units[output])
+    for flags, match in (({"lra.local_loss": "none"}, "local_loss_distill"),
+                         ({"lra.local_loss": "only"}, "at most 1")):
+        config = smoke_config(cifar10_resnet18, **flags, **{"lra.local_loss_distill": 1.5})
         with pytest.raises(ConfigError, match=match):
             builder.validate(config)
 
