@@ -4,6 +4,8 @@ r"""Train-step time and XLA memory of every rule on one config, measured in one 
       [--rules=rec_lra,bp,lra_e,fa,dfa] [--repeats=7] [--steps=200]
   python -m experiments.benchmark_step --config=configs/cifar10_resnet18.py \
       --rules=rec_lra,bp --steps=1 --repeats=5 --config.batch_size=32
+  python -m experiments.benchmark_step --config=configs/resnet50.py --rules=rec_lra,bp \
+      --steps=1 --notime --config.batch_size=64 --config.lra.weight_mirror=0   # memory only
 
 Without --rules it times every rule the config's model family supports. Each rule's
 jitted train step is built by `builder.create_setup`, exactly as the training loop builds
@@ -31,6 +33,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("rules", [], "Rules to time; default: every rule of the model family.")
 flags.DEFINE_integer("repeats", 7, "Interleaved timing rounds.")
 flags.DEFINE_integer("steps", 200, "Train steps per timed call.")
+flags.DEFINE_bool("time", True, "Time the steps; --notime only compiles each rule's step and "
+                  "prints XLA's memory account (no step runs: big models on a small host).")
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.mark_flags_as_required(["config"])
 
@@ -80,6 +84,13 @@ def main(argv):
             jnp.asarray(rng.integers(0, info.num_classes, n).astype(np.int32)))
     batches = jnp.arange(n, dtype=jnp.int32).reshape(FLAGS.steps, config.batch_size)
     built = {r: build_step(config, r, data, batches, info) for r in rules}
+    model = builder.describe_model(config, shape, info.num_classes)
+    if not FLAGS.time:
+        print(f"\nXLA's memory account of the compiled train step (not run), {model} on "
+              f"{'x'.join(map(str, shape))} inputs, batch {config.batch_size}, "
+              f"{jax.devices()[0].device_kind}, jax {jax.__version__}")
+        memory_table(built)
+        return
     for fn, state, _ in built.values():  # warm up
         jax.block_until_ready(fn(state, data, batches))
     times = {r: [] for r in rules}
@@ -89,7 +100,6 @@ def main(argv):
             jax.block_until_ready(fn(state, data, batches))
             times[r].append((time.perf_counter() - t0) / FLAGS.steps * 1e3)
     median = {r: statistics.median(t) for r, t in times.items()}
-    model = builder.describe_model(config, shape, info.num_classes)
     print(f"\nTrain-step time, {model} on {'x'.join(map(str, shape))} inputs, batch "
           f"{config.batch_size}, {FLAGS.steps} fused steps x {FLAGS.repeats} rounds, "
           f"{jax.devices()[0].device_kind} ({jax.device_count()} device(s)), "
@@ -107,16 +117,24 @@ def main(argv):
               f"{_mib(mem, 'temp_size_in_bytes'):.1f} | "
               f"{_mib(mem, 'argument_size_in_bytes', 'output_size_in_bytes'):.1f} | "
               f"{mratio} |")
+    memory_table(built)
+
+
+def memory_table(built: dict) -> None:
+    """Where each rule's memory goes: the train state by part, and XLA's temporaries."""
     print("\nWhere the state's memory goes (MiB; optimizer state split by what it updates):\n")
     print("| rule | params + BN stats | synapses | optimizer state of params | optimizer "
-          "state of synapses | XLA temp | total (state + temp) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "state of synapses | XLA temp | total (state + temp) | ratio to bp |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    totals = {r: sum(state_bytes(state).values()) / 2**20 + _mib(mem, "temp_size_in_bytes")
+              for r, (_, state, mem) in built.items()}
     for r, (_, state, mem) in built.items():
         parts = {k: v / 2**20 for k, v in state_bytes(state).items()}
         temp = _mib(mem, "temp_size_in_bytes")
+        ratio = f"{totals[r] / totals['bp']:.2f}" if "bp" in totals else "n/a"
         print(f"| {r} | {parts['params']:.1f} | {parts['synapses']:.1f} | "
               f"{parts['opt params']:.1f} | {parts['opt synapses']:.1f} | {temp:.1f} | "
-              f"{sum(parts.values()) + temp:.1f} |")
+              f"{totals[r]:.1f} | {ratio} |")
 
 
 if __name__ == "__main__":

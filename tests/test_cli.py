@@ -162,6 +162,16 @@ def test_benchmark_times_every_rule_of_the_family():
     assert tables == [family, family]
 
 
+def test_benchmark_memory_only_compiles_and_reports_without_timing():
+    proc = _run("experiments.benchmark_step", "configs/fmnist_mlp.py:smoke", None,
+                "--steps=1", "--notime", "--rules=rec_lra,bp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ms / step" not in proc.stdout and "not run" in proc.stdout
+    rows = [line.split("|") for line in proc.stdout.splitlines()
+            if line.startswith(("| rec_lra", "| bp"))]
+    assert [r[1].strip() for r in rows] == ["rec_lra", "bp"] and rows[1][-2].strip() == "1.00"
+
+
 def test_plot_command_without_runs_is_one_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, "-m", "experiments.plot", f"--workdir={tmp_path}"],
