@@ -153,8 +153,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         # 0 | beta in (0, 1): beside the readout, Nokland & Eidnes's similarity-matching
         # term, (1 - beta) pred + beta sim (their "predsim", beta 0.99; a departure)
         config.lra.local_loss_sim = 0.0
-        # 0 | a in (0, 1]: each readout's target is (1 - a) y + a softmax(logits), the
-        # network's own output beside the label (self-distillation; a departure)
+        # a in [-1, 1], 0 off: each readout's target is (1 - a) y + a softmax(logits): a > 0
+        # distils the network's own output into the readouts, a < 0 adds |a| e_L to each
+        # readout's error (a departure either way)
         config.lra.local_loss_distill = 0.0
         # kp (the paper's) | regress: skip synapses from the output error regress their
         # displacement onto what the layers above would carry (a teacher beside the sweep;

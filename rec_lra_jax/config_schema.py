@@ -211,7 +211,7 @@ RESNET = {
     "lra.local_loss_conv": Key(integer(0), rules("rec_lra")),
     "lra.local_loss_recon": Key(number(0), rules("rec_lra")),
     "lra.local_loss_sim": Key(number(0), rules("rec_lra")),
-    "lra.local_loss_distill": Key(number(0), rules("rec_lra")),
+    "lra.local_loss_distill": Key(number(-1, hi=1), rules("rec_lra")),
     "lra.skip_learning": Key(choice(*wiring.SKIP_LEARNING), rules("rec_lra")),
     "lra.skip_activity": Key(BOOL, all_of(rules("rec_lra"), when("lra.skip_learning",
                                                                   "regress"))),
@@ -377,10 +377,6 @@ def _combinations(flat: dict, family: str) -> list[str]:
             problems.append("lra.local_loss_distill mixes the output into the block-local "
                             "losses' targets: set lra.local_loss to 'only' or 'mixed', or it "
                             "to 0.")
-        if isinstance(distill, int | float) and distill > 1:
-            problems.append(f"lra.local_loss_distill is the output's share of each "
-                            f"readout's target, (1 - a) y + a softmax(logits): at most 1 "
-                            f"(got {distill!r}).")
         if flat.get("lra.local_loss", "none") != "none" and flat.get(
                 "lra.feedback_rule") == "fixed":
             problems.append("lra.local_loss needs learned synapses (its readouts learn with "

@@ -93,11 +93,13 @@ class Wiring:
         input image; its error x_hat - x is carried back by a Kolen-Pollack "upconv"
         synapse, and that displacement is scaled to `local_loss_recon` times the norm of
         the unit's other drive (batch Frobenius norms). Same hops as the readout.
-      local_loss_distill: 0 or a in (0, 1]: each readout's target is (1 - a) y + a
-        softmax(logits), the network's own output beside the label (self-distillation into
-        the block-local losses, as "Be Your Own Teacher", Zhang et al. 2019; a departure).
-        The output exists after the forward pass, so the readouts' errors stay one hop
-        from it; the final layer's error is unchanged.
+      local_loss_distill: a in [-1, 1], 0 off: each readout's target is (1 - a) y + a
+        softmax(logits). a > 0 mixes the network's own output into the label
+        (self-distillation into the block-local losses, as "Be Your Own Teacher", Zhang et
+        al. 2019); a < 0 adds |a| times the output error to the readout's, e_r + |a| e_L,
+        carried into the unit by the readout's own synapse (a departure either way). The
+        output exists after the forward pass, so the readouts' errors stay one hop from
+        it; the final layer's error is unchanged.
       local_loss_sim: 0 or beta in (0, 1) of Nokland & Eidnes's "predsim" local loss
         (2019), (1 - beta) pred + beta sim, beside the readout: a learned 3x3 conv S of the
         unit's map, h = conv(z, S); sim = mean((R(h) - R(y))^2) with R the cosine
@@ -208,9 +210,9 @@ class Wiring:
             raise ValueError("local_loss_sim weights a term beside a local loss: set "
                              "local_loss to 'only' or 'mixed'.")
         d = self.local_loss_distill
-        if not (isinstance(d, int | float) and 0 <= d <= 1):
+        if not (isinstance(d, int | float) and -1 <= d <= 1):
             raise ValueError(f"local_loss_distill is the output's share of each readout's "
-                             f"target, 0 <= a <= 1, got {d!r}.")
+                             f"target, -1 <= a <= 1, got {d!r}.")
         if d and self.local_loss == "none":
             raise ValueError("local_loss_distill mixes the output into the readouts' "
                              "targets: set local_loss to 'only' or 'mixed'.")

@@ -306,11 +306,21 @@ def test_similarity_term_is_predsim_through_kolen_pollack_synapses():
 
 
 def test_distilled_readouts_are_the_cross_entropy_toward_the_mixed_target():
-    """local_loss_distill=a: a readout's target is (1 - a) y + a softmax(logits); with its
-    pool synapse A^T the stage end's drive is batch times the gradient in z of that cross
-    entropy, A gets its gradient, the output's own error is unchanged, hops the same."""
+    """local_loss_distill=a: a readout's target is (1 - a) y + a softmax(logits) (a < 0:
+    its error plus |a| e_L); with its pool synapse A^T the stage end's drive is batch times
+    the gradient in z of that cross entropy, A gets its gradient, the output's own error
+    is unchanged, hops the same."""
+    for a in (0.7, -0.5):
+        _check_distilled(a)
+    for flags, match in (({"lra.local_loss": "none"}, "local_loss_distill"),
+                         ({"lra.local_loss": "only"}, "<= 1")):
+        config = smoke_config(cifar10_resnet18, **flags, **{"lra.local_loss_distill": 1.5})
+        with pytest.raises(ConfigError, match=match):
+            builder.validate(config)
+
+
+def _check_distilled(a):
     _, variables, signals, _, labels = _resnet(batch=6)
-    a = 0.7
     wiring = Wiring(module="stage", local_loss="only", local_loss_grid=2, local_loss_distill=a)
     graph = wiring_lib.build(wiring, signals, variables["params"], None)
     plain = wiring_lib.build(dataclasses.replace(wiring, local_loss_distill=0.0), signals,
@@ -336,11 +346,10 @@ def test_distilled_readouts_are_the_cross_entropy_toward_the_mixed_target():
     undistilled = sweep.run(plain, signals, labels, fb, beta=0.05, rescale=True)
     output = next(n for n, u in graph.units.items() if u.drive is None)
     np.testing.assert_array_equal(errors.units[output], undistilled.units[output])
-    for flags, match in (({"lra.local_loss": "none"}, "local_loss_distill"),
-                         ({"lra.local_loss": "only"}, "at most 1")):
-        config = smoke_config(cifar10_resnet18, **flags, **{"lra.local_loss_distill": 1.5})
-        with pytest.raises(ConfigError, match=match):
-            builder.validate(config)
+    if a < 0:  # e_r + |a| e_L, carried by the readout's synapse
+        np.testing.assert_allclose(errors.units["block_03_readout"],
+                                   undistilled.units["block_03_readout"] - a * (
+                                       errors.units[output]), rtol=1e-5, atol=1e-7)
 
 
 def test_conv_readout_goes_where_it_adds_no_hop_and_is_its_cross_entropy_gradient():
