@@ -224,7 +224,9 @@ FAMILIES = {"mlp": MLP, "resnet": RESNET}
 MOVED = {("lra.skip_source", "mirror"): (
     "lra.skip_source='mirror' is the Kolen-Pollack baseline now, rule 'kp' (backprop's "
     "path through learned transposes; rec_lra drives errors from at most lra.depth hops "
-    "above): use --config.rule=kp and leave lra.skip_source at 'dense'.")}
+    "above): use --config.rule=kp and leave lra.skip_source at 'dense'."),
+    **{(key, "lra_e"): f"{key}='lra_e': {local.RENAMED_INIT}" for key in (
+        "lra.feedback_init", "lra.baseline_feedback_init")}}
 # Why a local-rule option of one family has no meaning in the other.
 FAMILY_ONLY = {
     "lra.module_size": "a ResNet's modules are its blocks and stages, chosen by lra.depth",

@@ -33,7 +33,11 @@ from rec_lra_jax.sweep import Errors, carry, norm_error
 from rec_lra_jax.wiring import Graph, Synapse, build, drives, get, similarity_key
 
 FEEDBACK_RULES = ("kp", "fixed", "error_displacement")
-FEEDBACK_INITS = ("lra_e", "unit", "he", "lecun")
+FEEDBACK_INITS = ("unit", "he", "lecun")
+# "lra_e" named both N(0, 1) synapses here and N(0, 0.1^2) forward weights (models.py);
+# the synapse scheme is "unit" now (the same draw), the forward scheme keeps the name.
+RENAMED_INIT = ("The synapse init 'lra_e' is 'unit' now (N(0, 1), the same draw); "
+                "'lra_e' names only the forward weights' N(0, 0.1^2) (model.init).")
 
 
 def _put(tree: dict, path: tuple, value: jax.Array) -> None:
@@ -196,13 +200,15 @@ def init_synapses(key: jax.Array, graph: Graph, scheme: str | None = None,
                   scale: float = 1.0) -> dict[str, jax.Array]:
     """Random error synapses of the graph: std = scale * sqrt(v(fan_in)).
 
-    Schemes (docs/algorithm.md, "Initialisation"): "lra_e" and "unit": v = 1; "he":
+    Schemes (docs/algorithm.md, "Initialisation"): "unit": v = 1; "he":
     2 / fan_in; "lecun": 1 / fan_in. fan_in is the first dimension of a matrix and
     H * W * C_in of a conv kernel. None takes the graph's family default.
     """
     scheme = scheme or graph.feedback_init
-    variance = {"lra_e": lambda fan_in: 1.0, "unit": lambda fan_in: 1.0,
+    variance = {"unit": lambda fan_in: 1.0,
                 "he": lambda fan_in: 2.0 / fan_in, "lecun": lambda fan_in: 1.0 / fan_in}
+    if scheme == "lra_e":
+        raise ValueError(RENAMED_INIT)
     if scheme not in variance:
         raise ValueError(f"Unknown feedback init {scheme!r}; choose one of {FEEDBACK_INITS}.")
     out = {}

@@ -499,4 +499,4 @@ def dense_chain_graph(wiring: Wiring, signals: dict, params: dict,
         layers[name] = Layer(name, "dense", ("inputs", l), name, ("kernel",),
                              tuple(params[name]["kernel"].shape),
                              bias=("bias",) if "bias" in params[name] else None)
-    return Graph(units, layers, synapses, feedback_init="lra_e")
+    return Graph(units, layers, synapses, feedback_init="unit")

@@ -59,8 +59,8 @@ def test_loop_reproduces_the_first_release(tmp_path, name, module, rule, epochs)
     fixtures = json.load(open(FROZEN))
     frozen = fixtures[str(jax.device_count())][name]
     rel = 1e-4
-    # The first release's MLP synapses were N(0, 1) ("lra_e"); "he" is the default now.
-    pins = {"lra.feedback_init": "lra_e"} if name == "mlp_rec_lra" else {}
+    # The first release's MLP synapses were N(0, 1) ("unit"); "he" is the default now.
+    pins = {"lra.feedback_init": "unit"} if name == "mlp_rec_lra" else {}
     results = train.train_and_evaluate(
         smoke_config(module, rule=rule, num_epochs=epochs, **pins), str(tmp_path))
     for key, value in frozen["results"].items():

@@ -87,6 +87,28 @@ def test_kolen_pollack_is_not_rec_lra():
         builder.validate(config)
 
 
+def test_the_synapse_init_once_called_lra_e_is_unit_and_old_names_are_told_so():
+    """"lra_e" named N(0, 1) synapses and N(0, 0.1^2) forward weights; the synapse scheme is
+    "unit" (the same draw), and the old name is refused saying so, in a config and in the
+    library; model.init="lra_e" keeps its meaning."""
+    from configs import fmnist_mlp  # noqa: PLC0415
+
+    _, variables, signals, _, _ = _resnet(batch=2)
+    wiring = Wiring(module="stage")
+    with pytest.raises(ValueError, match="'unit' now"):
+        wiring.init(jax.random.key(0), signals, variables["params"], feedback_init="lra_e")
+    for key in ("lra.feedback_init", "lra.baseline_feedback_init"):
+        config = smoke_config(fmnist_mlp, **{key: "lra_e"})
+        with pytest.raises(ConfigError, match=f"{key}='lra_e'.*'unit' now"):
+            builder.validate(config)
+    model, params, x, _ = tiny_mlp(features=(64, 64, 64, 10), input_dim=32)
+    signals = model.apply({"params": params}, x)
+    assert wiring_lib.build(Wiring(), signals, params, jnp.tanh).feedback_init == "unit"
+    unit = Wiring().init(jax.random.key(3), signals, params, activation="tanh")  # N(0, 1)
+    assert 0.9 < float(jnp.std(jnp.concatenate([v.ravel() for v in unit.values()]))) < 1.1
+    builder.validate(smoke_config(fmnist_mlp, **{"model.init": "lra_e"}))
+
+
 def test_kolen_pollack_on_an_mlp_with_tied_synapses_is_backprop():
     """The property docs/algorithm.md states: with synapses equal to the forward kernels'
     transposes, errors rescaled by 1/beta and a small beta, kp's deltas are backprop's
