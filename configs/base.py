@@ -75,6 +75,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.input_noise = 0.1  # sigma of additive Gaussian noise on training inputs
     config.augment = "none"  # none | crop_flip (in-memory images: pad-4 crop + flip)
     config.steps_per_call = 100  # train steps fused into one jitted lax.scan call
+    # float32 | bfloat16: the forward's activations and matmuls; parameters, synapses,
+    # BatchNorm statistics, optimizer state, logits and the local deltas stay float32
+    config.dtype = "float32"
     config.log_every_steps = 0  # progress line and TensorBoard scalars every N steps; 0: off
     config.checkpoint_every_epochs = 1.0  # also at the end; fractions checkpoint mid-epoch
     config.keep_checkpoints = 2  # newest checkpoints kept; the best one is kept besides

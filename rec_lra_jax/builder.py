@@ -84,13 +84,15 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, rule: str 
     if rule not in rules.RULES:
         raise ConfigError(f"Unknown rule {rule!r}; choose one of {tuple(rules.RULES)}.")
     backward = rules.RULES[rule].backward
+    # float32 is the default computation (None: the inputs' dtype, bit for bit as before)
+    dtype = None if config.get("dtype", "float32") == "float32" else jnp.dtype(config.dtype)
     if m.name == "mlp":
         return models.MLP(features=(*m.hidden, num_classes), activation=m.activation,
                           residual_gap=m.residual_gap, init_scheme=m.init, backward=backward,
-                          feedback_init=config.lra.baseline_feedback_init)
+                          feedback_init=config.lra.baseline_feedback_init, dtype=dtype)
     return resnet.resnet(m.depth, num_classes=num_classes, width=m.width, stem=m.stem,
                          use_bn=m.use_bn, bn_affine=m.bn_affine, init_scheme=m.init,
-                         init_scale=m.init_scale, backward=backward)
+                         init_scale=m.init_scale, backward=backward, dtype=dtype)
 
 
 def create_rule(config: ml_collections.ConfigDict, rule: str | None = None, *,

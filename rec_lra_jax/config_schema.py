@@ -168,6 +168,7 @@ COMMON = {
     "input_noise": Key(number(0)),
     "augment": Key(choice("none", "crop_flip"), streaming(False)),
     "steps_per_call": Key(integer(1)),
+    "dtype": Key(choice("float32", "bfloat16")),
     "mesh.data": Key(integer(0)),
     "log_every_steps": Key(integer(0)),
     "checkpoint_every_epochs": Key(number(0, strict=True)),

@@ -19,6 +19,7 @@ A dense chain trained by a rule as an optax transform (rules.py):
 """
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -109,6 +110,7 @@ class FeedbackDense(nn.Module):
     init_scheme: str = "lecun"
     use_bias: bool = True
     feedback_init: str | None = None  # FA kernels' init scheme; None: init_scheme
+    dtype: Any = None  # the matmul's operands (bfloat16); its result comes back in float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -117,14 +119,21 @@ class FeedbackDense(nn.Module):
         kernel = self.param("kernel", init, shape)
         bias = (self.param("bias", nn.initializers.zeros, (self.features,))
                 if self.use_bias else 0.0)
+        if self.dtype is not None:
+            out_dtype = jnp.result_type(x, kernel)
+            x, kernel, bias = (jnp.asarray(v, self.dtype) for v in (x, kernel, bias))
+            return self._apply(x, kernel, bias, shape).astype(out_dtype)
+        return self._apply(x, kernel, bias, shape)
+
+    def _apply(self, x, kernel, bias, shape):
         if self.backward == "exact":
             return x @ kernel + bias
         feedback = None
         if self.backward == "fa":
             feedback = feedback_variable(
                 self, kernel_initializer(self.feedback_init or self.init_scheme), shape)
-        return feedback_ops.feedback_dense(
-            x, kernel, feedback_ops.backward_kernel(kernel, feedback, self.backward)) + bias
+        back = feedback_ops.backward_kernel(kernel, feedback, self.backward).astype(kernel.dtype)
+        return feedback_ops.feedback_dense(x, kernel, back) + bias
 
 
 def residual_source(layer: int, gap: int, widths: Sequence[int]) -> int | None:
@@ -164,6 +173,9 @@ class MLP(nn.Module):
     init_scheme: str = "lra_e"
     backward: str = "exact"
     feedback_init: str | None = None  # backward="fa": the feedback kernels' init scheme
+    # bfloat16: each layer's matmul (its result back in float32); activations, parameters
+    # and everything else stay float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict:
@@ -182,12 +194,12 @@ class MLP(nn.Module):
         zs, hs = [z], []
         for l, width in enumerate(self.features, start=1):
             if self.backward == "exact":
-                h = nn.Dense(width, name=layer_name(l - 1),
+                h = nn.Dense(width, name=layer_name(l - 1), dtype=self.dtype,
                              kernel_init=kernel_initializer(self.init_scheme),
-                             bias_init=nn.initializers.zeros)(zs[-1])
+                             bias_init=nn.initializers.zeros)(zs[-1]).astype(zs[-1].dtype)
             else:
                 h = FeedbackDense(width, self.backward, self.init_scheme,
-                                  feedback_init=self.feedback_init,
+                                  feedback_init=self.feedback_init, dtype=self.dtype,
                                   name=layer_name(l - 1))(zs[-1])
             source = residual_source(l, self.residual_gap, widths)
             if source is not None:

@@ -25,6 +25,7 @@ A residual net trained by rec-LRA as an optax transform (rules.py), beta schedul
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -93,6 +94,7 @@ class FeedbackConv(nn.Module):
     init_scheme: str
     backward: str
     init_scale: float = 1.0
+    dtype: Any = None  # the conv's operands (bfloat16); its result comes back in x's dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -102,9 +104,12 @@ class FeedbackConv(nn.Module):
         feedback = None
         if self.backward == "fa":
             feedback = feedback_variable(self, kernel_initializer(self.init_scheme), shape)
-        return feedback_ops.feedback_conv(
-            x, kernel, feedback_ops.backward_kernel(kernel, feedback, self.backward),
-            self.strides, (self.kernel - 1) // 2)
+        back = feedback_ops.backward_kernel(kernel, feedback, self.backward)
+        out_dtype = x.dtype
+        if self.dtype is not None:
+            x, kernel, back = (v.astype(self.dtype) for v in (x, kernel, back))
+        return feedback_ops.feedback_conv(x, kernel, back, self.strides,
+                                          (self.kernel - 1) // 2).astype(out_dtype)
 
 
 class ConvBN(nn.Module):
@@ -118,6 +123,7 @@ class ConvBN(nn.Module):
     init_scheme: str = "he"
     backward: str = "exact"
     init_scale: float = 1.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
@@ -125,11 +131,12 @@ class ConvBN(nn.Module):
         if self.backward == "exact":
             conv = nn.Conv(self.features, (self.kernel, self.kernel),
                            (self.strides, self.strides), padding=((pad, pad), (pad, pad)),
-                           use_bias=False, name="conv",
-                           kernel_init=kernel_initializer(self.init_scheme, self.init_scale))(x)
+                           use_bias=False, name="conv", dtype=self.dtype,
+                           kernel_init=kernel_initializer(self.init_scheme, self.init_scale))(
+                               x).astype(x.dtype)
         else:
             conv = FeedbackConv(self.features, self.kernel, self.strides, self.init_scheme,
-                                self.backward, self.init_scale, name="conv")(x)
+                                self.backward, self.init_scale, self.dtype, name="conv")(x)
         signals = {"input": x, "conv": conv}
         if self.use_bn:
             signals.update(BatchNorm(affine=self.bn_affine, name="bn")(conv, train=train))
@@ -154,6 +161,9 @@ class ResNet(nn.Module):
       backward: what autodiff sends back through each layer: "exact" (backprop), "fa"
         (fixed random kernels in the "feedback" collection) or "sign" (sign(W), uSF).
         Only the feedback-alignment baselines change it; the forward is the same.
+      dtype: the convolutions' and the head's operands (bfloat16; their results come back in
+        float32). Activations, BatchNorm, parameters and logits stay float32: a local rule's
+        targets are differences of activations, which bfloat16 rounding would swamp.
 
     Returns (from __call__(x, train=...)) a dict:
       "stem": ConvBN signals, plus "post" (relu) and, for the ImageNet stem, "pooled";
@@ -171,10 +181,11 @@ class ResNet(nn.Module):
     init_scheme: str = "he"
     backward: str = "exact"
     init_scale: float = 1.0
+    dtype: Any = None  # None: float32 throughout
 
     def _conv(self, features, kernel, strides=1, name=None):
         return ConvBN(features, kernel, strides, self.use_bn, self.bn_affine, self.init_scheme,
-                      self.backward, self.init_scale, name=name)
+                      self.backward, self.init_scale, self.dtype, name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = True,
@@ -212,7 +223,8 @@ class ResNet(nn.Module):
                     u = u + perturb[block_name(index)]
                 index += 1
         pooled = jnp.mean(u, axis=(1, 2))
-        logits = FeedbackDense(self.num_classes, self.backward, name="head")(pooled)
+        logits = FeedbackDense(self.num_classes, self.backward, dtype=self.dtype,
+                               name="head")(pooled)
         return {"stem": stem, "blocks": blocks, "head": {"input": pooled}, "logits": logits}
 
     def _block(self, kind: str, u, features: int, strides: int, name: str, train: bool) -> dict:

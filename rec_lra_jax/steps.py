@@ -122,6 +122,15 @@ def probe(model, params, batch_stats, images, signals, names, sigma: float,
     return out
 
 
+def float32(tree):
+    """Every floating leaf below float32 (bfloat16 activations) cast up to float32."""
+    def up(x):
+        if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+            return x.astype(jnp.float32)
+        return x
+    return jax.tree.map(up, tree)
+
+
 def rule_inputs(model, autodiff: bool, params, feedback, batch_stats, images, onehot, *,
                 probes: tuple[str, ...] = (), probe_sigma: float = 0.05, key=None):
     """(incoming updates, signals, new batch statistics) for the rule's `update`.
@@ -139,6 +148,7 @@ def rule_inputs(model, autodiff: bool, params, feedback, batch_stats, images, on
         grads, (signals, stats) = jax.grad(loss_fn, has_aux=True)(params)
         return {"params": grads, "feedback": feedback}, signals, stats
     signals, stats = forward(model, params, feedback, batch_stats, images)
+    signals = float32(signals)  # a bfloat16 forward's signals: the sweep and deltas in float32
     if probes:
         signals = {**signals, "perturbed": probe(model, params, batch_stats, images, signals,
                                                  probes, probe_sigma, key)}
