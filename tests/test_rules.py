@@ -59,6 +59,9 @@ def _wrappers(factory, kwargs):
             optax.inject_hyperparams(factory)(**kwargs, **scheduled), adam),
         "multi_steps": optax.chain(rule, optax.MultiSteps(adam, every_k_schedule=2)),
         "apply_if_finite": optax.chain(rule, optax.apply_if_finite(adam, 3)),
+        "contrib.mechanize": optax.chain(rule, optax.contrib.mechanize(adam)),
+        "contrib.schedule_free": optax.chain(rule, optax.contrib.schedule_free(
+            optax.sgd(1e-2), 1e-2)),
     }
 
 
