@@ -207,7 +207,8 @@ def describe_wiring(config: ml_collections.ConfigDict, rule: str | None = None) 
         name += " + inner blocks" if w.inner_loss else ""
         name += f" + recon {w.local_loss_recon:g}" if w.local_loss_recon else ""
         name += f" + sim {w.local_loss_sim:g}" if w.local_loss_sim else ""
-        name += f", distilled {w.local_loss_distill:g}" if w.local_loss_distill else ""
+        d = w.local_loss_distill
+        name += (f", distilled {d:g}" if d > 0 else f", readouts + {-d:g} e_L") if d else ""
     return name
 
 
