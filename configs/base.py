@@ -160,6 +160,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         # distils the network's own output into the readouts, a < 0 adds |a| e_L to each
         # readout's error (a departure either way)
         config.lra.local_loss_distill = 0.0
+        # () | one a per readout, from the input up (stage 1's first), in place of
+        # local_loss_distill: e.g. (-1.0, 0.0, 0.0) adds e_L to stage 1's readout only
+        config.lra.local_loss_distill_each = ()
         # kp (the paper's) | regress: skip synapses from the output error regress their
         # displacement onto what the layers above would carry (a teacher beside the sweep;
         # a departure, docs/algorithm.md)

@@ -57,6 +57,12 @@ def validate(config: ml_collections.ConfigDict, *, rules_run=None, overridden=()
     """
     flat = config_schema.flatten(config.to_dict())
     problems = config_schema.check(flat, rules_run=rules_run, overridden=set(overridden))
+    if not problems and flat.get("lra.local_loss_distill_each") and "rec_lra" in (
+            rules_run or (config.rule,)):
+        try:  # the count of readouts is the graph's: build its shapes (no data, no compute)
+            create_graph(config, "rec_lra")
+        except ValueError as e:
+            problems.append(f"lra.local_loss_distill_each: {e}")
     if problems:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
@@ -175,6 +181,7 @@ def create_wiring(config: ml_collections.ConfigDict, rule: str | None = None) ->
                       local_loss_recon=lra.get("local_loss_recon", 0.0),
                       local_loss_sim=lra.get("local_loss_sim", 0.0),
                       local_loss_distill=lra.get("local_loss_distill", 0.0),
+                      local_loss_distill_each=tuple(lra.get("local_loss_distill_each", ())),
                       skip_learning=lra.get("skip_learning", "kp"),
                       skip_activity=lra.get("skip_activity", False))
     if rule == "lra_e":
@@ -208,7 +215,11 @@ def describe_wiring(config: ml_collections.ConfigDict, rule: str | None = None) 
         name += f" + recon {w.local_loss_recon:g}" if w.local_loss_recon else ""
         name += f" + sim {w.local_loss_sim:g}" if w.local_loss_sim else ""
         d = w.local_loss_distill
-        name += (f", distilled {d:g}" if d > 0 else f", readouts + {-d:g} e_L") if d else ""
+        each = w.local_loss_distill_each
+        if each:
+            name += f", output shares {'/'.join(f'{a:g}' for a in each)} (stage 1 first)"
+        else:
+            name += (f", distilled {d:g}" if d > 0 else f", readouts + {-d:g} e_L") if d else ""
     return name
 
 

@@ -55,6 +55,9 @@ WIDTHS = Check(lambda v: isinstance(v, tuple | list) and len(v) > 0 and all(
     isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in v),
     "a non-empty tuple of integers >= 1")
 
+SHARES = Check(lambda v: isinstance(v, tuple | list) and all(
+    _number(a) and -1 <= a <= 1 for a in v), "a tuple of numbers in [-1, 1] (may be empty)")
+
 RULE_NAMES = tuple(RULES)  # the one registry: rules.RULES
 FAMILY_RULES = {"mlp": RULE_NAMES, "resnet": RULE_NAMES}
 FAMILY_NAMES = {"mlp": "MLPs", "resnet": "ResNets"}
@@ -213,6 +216,7 @@ RESNET = {
     "lra.local_loss_recon": Key(number(0), rules("rec_lra")),
     "lra.local_loss_sim": Key(number(0), rules("rec_lra")),
     "lra.local_loss_distill": Key(number(-1, hi=1), rules("rec_lra")),
+    "lra.local_loss_distill_each": Key(SHARES, rules("rec_lra")),
     "lra.skip_learning": Key(choice(*wiring.SKIP_LEARNING), rules("rec_lra")),
     "lra.skip_activity": Key(BOOL, all_of(rules("rec_lra"), when("lra.skip_learning",
                                                                   "regress"))),
@@ -245,6 +249,7 @@ FAMILY_ONLY = {
     "lra.local_loss_recon": "an MLP's units read the output error",
     "lra.local_loss_sim": "an MLP's units read the output error",
     "lra.local_loss_distill": "an MLP's units read the output error",
+    "lra.local_loss_distill_each": "an MLP's units read the output error",
     "lra.skip_learning": "an MLP's skip synapses learn by lra.feedback_rule",
     "lra.skip_activity": "an MLP's skips are plain matrices",
     "lra.probe_sigma": "an MLP's skips learn by lra.feedback_rule",
@@ -375,11 +380,12 @@ def _combinations(flat: dict, family: str) -> list[str]:
             problems.append(f"lra.local_loss_sim is predsim's beta, (1 - beta) pred + beta "
                             f"sim: it must be below 1 (got {sim!r}; Nokland & Eidnes use "
                             f"0.99).")
-        distill = flat.get("lra.local_loss_distill", 0)
+        distill = flat.get("lra.local_loss_distill", 0) or tuple(
+            flat.get("lra.local_loss_distill_each", ()) or ())
         if distill and flat.get("lra.local_loss", "none") == "none":
-            problems.append("lra.local_loss_distill mixes the output into the block-local "
-                            "losses' targets: set lra.local_loss to 'only' or 'mixed', or it "
-                            "to 0.")
+            problems.append("lra.local_loss_distill(_each) mixes the output into the "
+                            "block-local losses' targets: set lra.local_loss to 'only' or "
+                            "'mixed', or it to 0 (or ()).")
         if flat.get("lra.local_loss", "none") != "none" and flat.get(
                 "lra.feedback_rule") == "fixed":
             problems.append("lra.local_loss needs learned synapses (its readouts learn with "

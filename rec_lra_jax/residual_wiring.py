@@ -240,6 +240,14 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict,
                          adjacent=chained,
                          pool=(3, 2, 1) if "pooled" in stem else None, teach=teach)
     conv_layer("stem", ("stem",), "stem")
+    if wiring.local_loss_distill_each:  # one a per readout, from the input up
+        order = sorted(readouts, key=lambda n: (not n.startswith("stem"), list(readouts).index(n)))
+        if len(order) != len(wiring.local_loss_distill_each):
+            raise ValueError(f"local_loss_distill_each has {len(wiring.local_loss_distill_each)} "
+                             f"values; this wiring has {len(order)} readouts, from the input "
+                             f"up: {', '.join(order)}.")
+        for name, a in zip(order, wiring.local_loss_distill_each, strict=True):
+            readouts[name] = readouts[name]._replace(distill=float(a))
     synapses = {n: s._replace(init_index=i) for i, (n, s) in enumerate(sorted(synapses.items()))}
     return Graph(units, layers, synapses, feedback_init="he", readouts=readouts,
                  decoders=decoders)

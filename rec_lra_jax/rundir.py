@@ -38,7 +38,7 @@ ADDED_KEYS = {"model.init_scale": 1.0, "mesh.data": 0, "optim.share_moments": Fa
               "lra.local_loss": "none", "lra.local_loss_grid": 1,
               "lra.local_loss_hidden": 0, "lra.local_loss_recon": 0.0,
               "lra.local_loss_sim": 0.0, "lra.local_loss_conv": 0,
-              "lra.local_loss_distill": 0.0,
+              "lra.local_loss_distill": 0.0, "lra.local_loss_distill_each": (),
               "lra.skip_learning": "kp",
               "lra.skip_activity": False}
 

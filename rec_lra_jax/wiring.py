@@ -100,6 +100,9 @@ class Wiring:
         carried into the unit by the readout's own synapse (a departure either way). The
         output exists after the forward pass, so the readouts' errors stay one hop from
         it; the final layer's error is unchanged.
+      local_loss_distill_each: () or one a per readout, from the input up (stage 1's
+        first), in place of `local_loss_distill` (e.g. e_L into stage 1 only); the
+        graph's builder checks the count.
       local_loss_sim: 0 or beta in (0, 1) of Nokland & Eidnes's "predsim" local loss
         (2019), (1 - beta) pred + beta sim, beside the readout: a learned 3x3 conv S of the
         unit's map, h = conv(z, S); sim = mean((R(h) - R(y))^2) with R the cosine
@@ -140,6 +143,7 @@ class Wiring:
     local_loss_recon: float = 0.0
     local_loss_sim: float = 0.0
     local_loss_distill: float = 0.0
+    local_loss_distill_each: tuple[float, ...] = ()
     skip_learning: str = "kp"
     skip_activity: bool = False
 
@@ -215,6 +219,15 @@ class Wiring:
                              f"target, -1 <= a <= 1, got {d!r}.")
         if d and self.local_loss == "none":
             raise ValueError("local_loss_distill mixes the output into the readouts' "
+                             "targets: set local_loss to 'only' or 'mixed'.")
+        each = self.local_loss_distill_each
+        if not (isinstance(each, tuple | list) and all(
+                isinstance(a, int | float) and not isinstance(a, bool) and -1 <= a <= 1
+                for a in each)):
+            raise ValueError(f"local_loss_distill_each is one a in [-1, 1] per readout, "
+                             f"from the input up, got {each!r}.")
+        if each and self.local_loss == "none":
+            raise ValueError("local_loss_distill_each mixes the output into the readouts' "
                              "targets: set local_loss to 'only' or 'mixed'.")
         if not (isinstance(self.local_loss_grid, int) and self.local_loss_grid >= 1):
             raise ValueError(f"local_loss_grid must be an integer >= 1, got "

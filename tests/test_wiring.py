@@ -374,6 +374,38 @@ def _check_distilled(a):
                                        errors.units[output]), rtol=1e-5, atol=1e-7)
 
 
+def test_per_readout_distill_sets_each_readouts_share_from_the_input_up():
+    """local_loss_distill_each=(a1, a2, ...): readout i (from the input up) takes a_i in
+    place of local_loss_distill: e_L enters stage 1's readout error and not stage 3's; a
+    count that does not match the readouts is refused, naming them."""
+    _, variables, signals, _, labels = _resnet(batch=6)
+    base = Wiring(module="stage", local_loss="only", local_loss_grid=2)
+    graph = wiring_lib.build(dataclasses.replace(base, local_loss_distill_each=(-1.0, 0.0, -0.5)),
+                             signals, variables["params"], None)
+    shares = {name: r.distill for name, r in graph.readouts.items()}
+    assert shares == {"block_01_readout": -1.0, "block_03_readout": 0.0,
+                      "block_05_readout": -0.5}, shares
+    plain = wiring_lib.build(base, signals, variables["params"], None)
+    fb = base.init(jax.random.key(1), signals, variables["params"])
+    errors = sweep.run(graph, signals, labels, fb, beta=0.05, rescale=True)
+    undistilled = sweep.run(plain, signals, labels, fb, beta=0.05, rescale=True)
+    output = next(n for n, u in graph.units.items() if u.drive is None)
+    e_l = errors.units[output]
+    for name, a in shares.items():
+        np.testing.assert_allclose(errors.units[name], undistilled.units[name] - a * e_l,
+                                   rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="3 readouts, from the input up: block_01_readout"):
+        wiring_lib.build(dataclasses.replace(base, local_loss_distill_each=(-1.0,)), signals,
+                         variables["params"], None)
+    config = smoke_config(cifar10_resnet18, **{"lra.local_loss_distill_each": (-1.0, 0.0),
+                                               "lra.local_loss": "only"})
+    with pytest.raises(ConfigError, match="3 readouts"):
+        builder.validate(config)
+    config = smoke_config(cifar10_resnet18, **{"lra.local_loss_distill_each": (-2.0,)})
+    with pytest.raises(ConfigError, match=r"\[-1, 1\]"):
+        builder.validate(config)
+
+
 def test_conv_readout_goes_where_it_adds_no_hop_and_is_its_cross_entropy_gradient():
     """local_loss_conv=C: a 3x3 ReLU conv before the readout's pooling, only in readouts
     whose units are fewer hops deep than the critical path (stages 2 and 3: stage 1's
