@@ -28,9 +28,13 @@ from ml_collections import config_flags
 
 from experiments import shell
 from rec_lra_jax import builder, sources
+from rec_lra_jax import rules as rules_lib
+from rec_lra_jax.config_schema import ConfigError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("rules", [], "Rules to time; default: every rule of the model family.")
+flags.DEFINE_list("rules", [], "Rules to time; default: every rule of the model family. "
+                  "RULE+grouped: that local rule with --config.lra.grouped=True (a row of "
+                  "its own beside the looped one).")
 flags.DEFINE_integer("repeats", 7, "Interleaved timing rounds.")
 flags.DEFINE_integer("steps", 200, "Train steps per timed call.")
 flags.DEFINE_bool("time", True, "Time the steps; --notime only compiles each rule's step and "
@@ -40,6 +44,11 @@ flags.mark_flags_as_required(["config"])
 
 
 def build_step(config, rule, data, batches, info):
+    rule, grouped = rule.removesuffix("+grouped"), rule.endswith("+grouped")
+    if grouped:
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.lra.grouped = True
     setup = builder.create_setup(config, input_shape=data[0].shape[1:],
                                  num_classes=info.num_classes, total_steps=10**6, rule=rule,
                                  normalization=info.normalization, donate=False)
@@ -73,7 +82,13 @@ def main(argv):
     del argv
     config = FLAGS.config
     rules = FLAGS.rules or list(builder.rules_for(config))
-    builder.validate(config, rules_run=rules, overridden=shell.overridden())
+    plain = list(dict.fromkeys(r.removesuffix("+grouped") for r in rules))
+    builder.validate(config, rules_run=plain, overridden=shell.overridden())
+    bad = [r for r in rules if r.endswith("+grouped") and
+           not rules_lib.RULES[r.removesuffix("+grouped")].local]
+    if bad:
+        raise ConfigError(f"--rules: {', '.join(bad)}: only local rules have a "
+                                  f"grouped form (autodiff rules take one gradient).")
     info = sources.DATASETS[config.dataset]
     shape = info.image_shape
     if info.streaming and config.data.image_size:

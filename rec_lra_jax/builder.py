@@ -118,10 +118,11 @@ def create_rule(config: ml_collections.ConfigDict, rule: str | None = None, *,
     activation = config.model.activation if family == "mlp" else None
     if rule == "dfa":
         return rules.dfa(skip_source="dense", activation=activation,
-                         bn_error=lra.get("bn_error", "jacobian"))
+                         bn_error=lra.get("bn_error", "jacobian"),
+                         grouped=lra.get("grouped", False))
     options = dict(error_unit=lra.error_unit,
                    alpha_skip=lra.alpha_skip, alpha_adjacent=lra.alpha_adjacent,
-                   dx=lra.dx, activation=activation,
+                   dx=lra.dx, activation=activation, grouped=lra.get("grouped", False),
                    bn_error=lra.get("bn_error", "jacobian"),
                    output_error_unit=None if lra.output_error_unit == "same"
                    else lra.output_error_unit)

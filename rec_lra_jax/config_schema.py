@@ -156,6 +156,7 @@ COMMON = {
     "lra.feedback_init": Key(choice(*FEEDBACK_INITS), rules(*LOCAL)),
     "lra.feedback_scale": Key(number(0, strict=True), rules(*LOCAL, "dfa")),
     "lra.dx": Key(BOOL, rules(*LOCAL)),
+    "lra.grouped": Key(BOOL, rules(*LOCAL, "dfa")),
     "lra.rescale": Key(BOOL, rules(*SKIP_RULES)),
     "optim.name": Key(choice("adamw", "sgd")),
     "optim.lr": Key(number(0, strict=True)),

@@ -47,32 +47,73 @@ def _put(tree: dict, path: tuple, value: jax.Array) -> None:
 
 
 def layer_deltas(graph: Graph, signals: dict, errors: Errors, *, dx: bool = False,
-                 norm: str = "jacobian") -> dict[str, Any]:
-    """{layer name: deltas shaped like that layer's params}."""
+                 norm: str = "jacobian", grouped: bool = False) -> dict[str, Any]:
+    """{layer name: deltas shaped like that layer's params}.
+
+    `grouped`: layers with the same kind, geometry and shapes (a stack of equal hidden
+    layers, the repeated convs of a ResNet stage) get their deltas from one `jax.vmap`
+    over the group (`vmapped`) instead of one op each; the same numbers up to float
+    rounding (tests/test_local.py). Whether it is faster depends on the backend
+    (BENCHMARKS.md, "Grouped updates").
+    """
+    inputs = {}
+    for name, layer in graph.layers.items():
+        unit = graph.units[layer.unit]
+        inputs[name] = (get(signals, layer.input), errors.units[layer.unit],
+                        get(signals, unit.pre) if dx and unit.pre is not None else None,
+                        get(signals, layer.norm) if layer.norm else None)
+
+    def static(name):
+        layer, unit = graph.layers[name], graph.units[graph.layers[name].unit]
+        return (layer.kind, layer.kernel_shape, layer.geometry, layer.bias is None,
+                layer.norm is None, layer.affine is None, unit.phi if dx else None)
+
+    def delta(key, x, e, pre, norm_signals):
+        kind, kernel_shape, geometry, _, _, _, phi = key
+        if pre is not None:
+            e = jax.jvp(phi, (pre,), (e,))[1]
+        if kind == "dense":
+            return x.T @ e / e.shape[0], jnp.mean(e, axis=0), None
+        e_pre = norm_error(norm_signals, e, norm)
+        strides, padding = geometry
+        kernel = conv.kernel_delta(x, e_pre, kernel_shape, strides=strides, padding=padding)
+        bias = jnp.mean(e_pre, axis=tuple(range(e.ndim - 1)))
+        affine = (conv.bn_affine_deltas(e, norm_signals["xhat"])
+                  if norm_signals is not None else None)
+        return kernel, bias, affine
+
+    results = vmapped(inputs, static, delta) if grouped else {
+        name: delta(static(name), *args) for name, args in inputs.items()}
     out: dict[str, Any] = {}
     for name, layer in graph.layers.items():
-        e = errors.units[layer.unit]
-        unit = graph.units[layer.unit]
-        if dx and unit.pre is not None:
-            e = jax.jvp(unit.phi, (get(signals, unit.pre),), (e,))[1]
-        x = get(signals, layer.input)
-        batch = e.shape[0]
+        kernel, bias, affine = results[name]
         deltas: dict[str, Any] = {}
-        if layer.kind == "dense":
-            _put(deltas, layer.kernel, x.T @ e / batch)
-            if layer.bias is not None:
-                _put(deltas, layer.bias, jnp.mean(e, axis=0))
-        else:
-            norm_signals = get(signals, layer.norm) if layer.norm else None
-            e_pre = norm_error(norm_signals, e, norm)
-            strides, padding = layer.geometry
-            _put(deltas, layer.kernel, conv.kernel_delta(x, e_pre, layer.kernel_shape,
-                                                         strides=strides, padding=padding))
-            if layer.bias is not None:
-                _put(deltas, layer.bias, jnp.mean(e_pre, axis=tuple(range(e.ndim - 1))))
-            if layer.affine is not None:
-                _put(deltas, layer.affine, conv.bn_affine_deltas(e, norm_signals["xhat"]))
+        _put(deltas, layer.kernel, kernel)
+        if layer.bias is not None:
+            _put(deltas, layer.bias, bias)
+        if layer.affine is not None:
+            _put(deltas, layer.affine, affine)
         out[name] = deltas
+    return out
+
+
+def vmapped(inputs: dict[str, Any], static, fn) -> dict[str, Any]:
+    """{name: fn(static(name), *inputs[name])}, with the names whose static key and input
+    shapes agree computed by one `jax.vmap` of fn over their stacked inputs (None inputs
+    stay None). Groups of one are called directly."""
+    groups: dict[Any, list[str]] = {}
+    for name, args in inputs.items():
+        shapes = jax.tree.map(lambda a: (a.shape, a.dtype), args)
+        groups.setdefault((static(name), jax.tree.structure(args), str(shapes)), []).append(name)
+    out = {}
+    for (key, _, _), names in groups.items():
+        if len(names) == 1:
+            out[names[0]] = fn(key, *inputs[names[0]])
+            continue
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *(inputs[n] for n in names))
+        result = jax.vmap(functools.partial(fn, key))(*stacked)
+        for i, name in enumerate(names):
+            out[name] = jax.tree.map(lambda a, i=i: a[i], result)
     return out
 
 
@@ -110,10 +151,13 @@ def probe_regress(E: jax.Array, xi: jax.Array, delta: jax.Array, coef: Any) -> j
 
 
 def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "kp",
-                   gamma: Any = 1.0, feedback: dict | None = None) -> dict[str, jax.Array]:
+                   gamma: Any = 1.0, feedback: dict | None = None,
+                   grouped: bool = False) -> dict[str, jax.Array]:
     """{synapse name: its delta} under `rule` ("kp", "error_displacement", "fixed"); a skip
     synapse of a unit with a teacher (`Wiring.skip_learning="regress"`) regresses its
-    displacement onto the teacher instead (needs the synapses, `feedback`)."""
+    displacement onto the teacher instead (needs the synapses, `feedback`). `grouped`: the
+    correlations of synapses with the same kind, geometry and shapes come from one
+    `jax.vmap` (as `layer_deltas`)."""
     if rule not in FEEDBACK_RULES:
         raise ValueError(f"Unknown feedback rule {rule!r}; choose one of {FEEDBACK_RULES}.")
     out = {}
@@ -125,7 +169,7 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
     probed = {s: u for u, unit in graph.units.items() if unit.perturb for s in drives(unit)
               if graph.synapses[s].kind == "dense" and graph.synapses[s].source == ("unit",
                                                                                  "head")}
-    residuals = {}
+    residuals, correlations = {}, {}
     for s, u in regressed.items():
         residuals[u] = residuals.get(u, -errors.teachers[u]) + errors.displacements[s]
     for name, synapse in graph.synapses.items():
@@ -141,11 +185,22 @@ def synapse_deltas(graph: Graph, signals: dict, errors: Errors, *, rule: str = "
         elif rule == "fixed":
             out[name] = jnp.zeros(synapse.shape)
         elif rule == "kp":
-            out[name] = correlate(synapse, get(signals, synapse.reads), errors.sources[name],
-                                  gamma)
+            correlations[name] = (get(signals, synapse.reads), errors.sources[name])
         else:
-            out[name] = correlate(synapse, errors.displacements[name], errors.sources[name],
-                                  -gamma)
+            correlations[name] = (errors.displacements[name], errors.sources[name])
+    sign = 1.0 if rule == "kp" else -1.0
+
+    def static(name):
+        synapse = graph.synapses[name]
+        return synapse.kind, synapse.shape, synapse.geometry
+
+    def correlation(key, a, e):
+        kind, shape, geometry = key
+        return correlate(Synapse("", kind, ("", ""), "", (), shape, geometry), a, e,
+                         sign * gamma)
+
+    out.update(vmapped(correlations, static, correlation) if grouped else {
+        name: correlation(static(name), *args) for name, args in correlations.items()})
     for name, readout in graph.readouts.items():  # a readout learns its own local loss
         if readout.conv:  # A on the pooled conv units, A_back its synapse, K on z
             e, hidden = errors.readouts[name]

@@ -93,7 +93,8 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
                gamma: Any = 1.0, error_unit: str = "l2", alpha_skip: Any = 1.0,
                alpha_adjacent: Any = 1.0, feedback_rule: str = "kp", dx: bool = False,
                bn_error: str = "jacobian", activation: str | Callable | None = None,
-               output_error_unit: str | None = None, rescale: bool = False) -> Rule:
+               output_error_unit: str | None = None, rescale: bool = False,
+               grouped: bool = False) -> Rule:
     """A rule that is one top-down sweep plus local deltas (see `rec_lra` for the options)."""
     _check(mode, sweep.MODES, "mode")
     _check(error_unit, sweep.ERROR_UNITS, "error unit")
@@ -119,9 +120,11 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
                            error_unit=error_unit, alpha_skip=alpha_skip,
                            alpha_adjacent=alpha_adjacent, norm=bn_error,
                            output_error_unit=output_error_unit, rescale=rescale)
-        deltas = {"params": local.layer_deltas(g, signals, errors, dx=dx, norm=bn_error),
+        deltas = {"params": local.layer_deltas(g, signals, errors, dx=dx, norm=bn_error,
+                                               grouped=grouped),
                   "feedback": local.synapse_deltas(g, signals, errors, rule=feedback_rule,
-                                                   gamma=gamma, feedback=params["feedback"])}
+                                                   gamma=gamma, feedback=params["feedback"],
+                                                   grouped=grouped)}
         return deltas, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -131,7 +134,8 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
             error_unit: str = "l2", alpha_skip: Any = 1.0, alpha_adjacent: Any = 1.0,
             feedback_rule: str = "kp", dx: bool = False, bn_error: str = "jacobian",
             activation: str | Callable | None = None,
-            output_error_unit: str | None = "l2", rescale: bool = False) -> Rule:
+            output_error_unit: str | None = "l2", rescale: bool = False,
+            grouped: bool = False) -> Rule:
     """Recursive local representation alignment (Ororbia et al., AAAI 2023).
 
     Each unit gets the target ybar = phi(h - beta d) from a displacement d carried by its
@@ -156,6 +160,8 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
       bn_error: "jacobian", "output" or "scaled": a conv's error behind its BatchNorm.
       activation: the hidden activation of a dense chain (a name or a callable; residual
         nets use relu). With `inject_hyperparams`, pass a callable in `static_args`.
+      grouped: same-shape layers' and synapses' deltas from one `jax.vmap` per group
+        (`local.vmapped`; the same numbers up to float rounding).
 
     Example (beta scheduled without recompiling, a deeper wiring):
 
@@ -202,7 +208,8 @@ def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
           alpha_skip: Any = 1.0, alpha_adjacent: Any = 1.0, feedback_rule: str = "kp",
           dx: bool = False, bn_error: str = "jacobian",
           activation: str | Callable | None = None,
-          output_error_unit: str | None = "l2", rescale: bool = False) -> Rule:
+          output_error_unit: str | None = "l2", rescale: bool = False,
+          grouped: bool = False) -> Rule:
     """LRA-E (Ororbia & Mali, AAAI 2019): rec-LRA with every unit driven from the one above.
 
     Takes rec_lra's options but `wiring` (on residual nets: each block from the block
@@ -217,14 +224,14 @@ def lra_e(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
                    alpha_skip=alpha_skip, alpha_adjacent=alpha_adjacent,
                    feedback_rule=feedback_rule, dx=dx, bn_error=bn_error,
                    activation=activation, output_error_unit=output_error_unit,
-                   rescale=rescale)
+                   rescale=rescale, grouped=grouped)
 
 
 def kolen_pollack(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
                   alpha_skip: Any = 1.0, alpha_adjacent: Any = 1.0,
                   dx: bool = False, bn_error: str = "jacobian",
                   activation: str | Callable | None = None,
-                  output_error_unit: str | None = "l2") -> Rule:
+                  output_error_unit: str | None = "l2", grouped: bool = False) -> Rule:
     """Backprop through Kolen-Pollack transposes (Kolen & Pollack 1994; Akrout et al.,
     NeurIPS 2019): a baseline beside `backprop`, `feedback_alignment` and `dfa`.
 
@@ -245,11 +252,11 @@ def kolen_pollack(*, beta: Any = 0.1, gamma: Any = 1.0, error_unit: str = "l2",
                       error_unit=error_unit, alpha_skip=alpha_skip,
                       alpha_adjacent=alpha_adjacent, feedback_rule="kp", dx=dx,
                       bn_error=bn_error, activation=activation,
-                      output_error_unit=output_error_unit, rescale=True)
+                      output_error_unit=output_error_unit, rescale=True, grouped=grouped)
 
 
 def dfa(*, skip_source: str = "dense", bn_error: str = "jacobian",
-        activation: str | Callable | None = None) -> Rule:
+        activation: str | Callable | None = None, grouped: bool = False) -> Rule:
     """Direct feedback alignment (Nokland 2016): e_u = phi'(h_u) (e_out B_u), fixed random B
     (`wiring_of("dfa", skip_source=...).init(...)`).
 
@@ -258,7 +265,8 @@ def dfa(*, skip_source: str = "dense", bn_error: str = "jacobian",
     'exact'
     """
     return local_rule(wiring=wiring_of("dfa", skip_source=skip_source), mode="gradient",
-                      feedback_rule="fixed", bn_error=bn_error, activation=activation)
+                      feedback_rule="fixed", bn_error=bn_error, activation=activation,
+                      grouped=grouped)
 
 
 def _autodiff() -> Rule:

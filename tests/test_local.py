@@ -6,8 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from rec_lra_jax import rules
-from rec_lra_jax.wiring import Wiring, recursive_sources
+from rec_lra_jax import resnet, rules, steps
+from rec_lra_jax.models import get_activation
+from rec_lra_jax.wiring import Wiring, build, get, recursive_sources
 from tests.helpers import rule_deltas, rule_feedback, tiny_mlp, unit_errors
 
 
@@ -146,3 +147,63 @@ def test_bad_inputs_get_clear_errors():
         rules.rec_lra(feedback_rule="hebbian")
     with pytest.raises(ValueError, match="activation"):
         rule_feedback("rec_lra", model, params, x, activation=None)  # a dense chain needs phi
+
+
+def _grouped_cases():
+    mlp = dict(activation="tanh")
+    return [
+        ("mlp", "rec_lra", lambda g: rules.rec_lra(grouped=g, **mlp)),
+        ("mlp", "rec_lra depth 1", lambda g: rules.rec_lra(
+            wiring=Wiring(depth=1), feedback_rule="error_displacement", dx=True, grouped=g,
+            **mlp)),
+        ("mlp", "lra_e", lambda g: rules.lra_e(grouped=g, **mlp)),
+        ("mlp", "kp", lambda g: rules.kolen_pollack(grouped=g, **mlp)),
+        ("mlp", "dfa", lambda g: rules.dfa(grouped=g, **mlp)),
+        ("resnet", "rec_lra", lambda g: rules.rec_lra(grouped=g)),
+        ("resnet", "rec_lra stages, readouts", lambda g: rules.rec_lra(
+            wiring=Wiring(module="stage", local_loss="only", local_loss_grid=2,
+                          local_loss_distill=-0.5), rescale=True, grouped=g)),
+        ("resnet", "kp", lambda g: rules.kolen_pollack(grouped=g)),
+        ("resnet", "dfa", lambda g: rules.dfa(grouped=g)),
+    ]
+
+
+@pytest.mark.parametrize("family,name,make", _grouped_cases(),
+                         ids=[f"{f}-{n}" for f, n, _ in _grouped_cases()])
+def test_grouped_deltas_equal_the_looped_ones(family, name, make):
+    """grouped=True computes same-shape layers' and synapses' deltas with one jax.vmap per
+    group: the same deltas as one op per layer (to 1e-6), for every local rule, MLP and
+    ResNet, and groups of more than one really form."""
+    if family == "mlp":
+        model, params, x, labels = tiny_mlp((6, 6, 6, 6, 6, 4), input_dim=6, batch=5)
+        batch_stats, activation = {}, "tanh"
+    else:
+        model = resnet.resnet(18, num_classes=10, width=4)
+        x = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
+        labels = jax.nn.one_hot(jnp.arange(4) % 10, 10)
+        variables = model.init(jax.random.key(0), x, train=False)
+        params, batch_stats, activation = variables["params"], variables["batch_stats"], None
+    tx, wiring = make(False), _wiring_of(name)
+    signals = model.apply(steps.model_variables(params, batch_stats), x, train=False)
+    feedback = wiring.init(jax.random.key(1), signals, params, activation=activation)
+    looped = rule_deltas(tx, model, params, feedback, x, labels, batch_stats)
+    grouped = rule_deltas(make(True), model, params, feedback, x, labels, batch_stats)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(looped),
+                            jax.tree.leaves(grouped), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * float(jnp.abs(a).max()) + 1e-9,
+                                   err_msg=jax.tree_util.keystr(path))
+    graph = build(wiring, signals, params, get_activation(activation) if activation else None)
+    layer_groups = {}
+    for layer in graph.layers.values():
+        key = (layer.kind, get(signals, layer.input).shape, layer.kernel_shape)
+        layer_groups[key] = layer_groups.get(key, 0) + 1
+    assert max(layer_groups.values()) > 1  # the vmapped path ran
+
+
+def _wiring_of(name):
+    if name.startswith("rec_lra stages"):
+        return Wiring(module="stage", local_loss="only", local_loss_grid=2,
+                      local_loss_distill=-0.5)
+    if name == "rec_lra depth 1":
+        return Wiring(depth=1)
+    return rules.wiring_of(name)
