@@ -397,6 +397,10 @@ def _combinations(flat: dict, family: str) -> list[str]:
         problems.append("optim.share_moments reuses a kernel's Adam moments for the synapse "
                         "whose deltas equal its own: that needs lra.gamma=1.0 with "
                         "lra.gamma_schedule='constant' and lra.feedback_rule='kp'.")
+    if flat.get("optim.share_moments") and flat.get("rule") in LOCAL and flat.get("lra.dx"):
+        problems.append("optim.share_moments needs a synapse's delta to equal its kernel's: "
+                        "lra.dx=True multiplies phi' into the kernels' deltas only; turn one "
+                        "off.")
     if flat.get("dataset") in STREAMING and flat.get("data.source") in ("idx", "cifar"):
         problems.append(f"data.source={flat['data.source']!r} cannot hold {flat['dataset']}; "
                         f"use 'auto', 'tfds', 'folder' or 'synthetic'.")

@@ -337,7 +337,7 @@ def twins(graph: Graph) -> dict[str, tuple[tuple, bool]]:
         layer = mirrored_layer(graph, s) if s.kind != "identity" else None
         readout = graph.readouts.get(s.source[1])
         if layer is not None:
-            out[name] = (("params", layer.name, *layer.kernel), s.shape != layer.kernel_shape)
+            out[name] = (("params", layer.name, *layer.kernel), s.kind in ("pool", "dense"))
         elif readout is not None:
             out[name] = (("feedback", f"{readout.name}_conv"), False) if readout.conv else (
                 ("feedback", readout.name), True)
@@ -353,16 +353,33 @@ def twins(graph: Graph) -> dict[str, tuple[tuple, bool]]:
 
 def mirrored_layer(graph: Graph, synapse: Synapse):
     """The forward layer whose transpose the synapse stands in for, or None: a conv
-    synapse carrying that conv layer's error, or a pool synapse carrying the error of a
-    dense layer's unit (the head) back through global average pooling."""
+    synapse carrying that conv layer's error, a pool synapse carrying the error of a
+    dense layer's unit (the head) back through global average pooling, or a dense synapse
+    carrying a dense layer's unit error to that layer's input (an MLP's adjacent synapse,
+    the Kolen-Pollack chain's W^T)."""
     if synapse.kind == "conv" and synapse.source[0] == "layer":
         return graph.layers[synapse.source[1]]
+    if synapse.kind == "dense" and synapse.source[0] == "unit":
+        for layer in graph.layers.values():
+            if (layer.kind == "dense" and layer.unit == synapse.source[1]
+                    and _same_activity(layer.input, synapse.reads) and layer.norm is None
+                    and layer.kernel_shape == synapse.shape[::-1]):
+                return layer
+        return None
     if synapse.kind == "pool":
         for layer in graph.layers.values():
             if (layer.kind == "dense" and layer.unit == synapse.source[1]
                     and layer.kernel_shape == synapse.shape[::-1]):
                 return layer
     return None
+
+
+def _same_activity(a: tuple, b: tuple) -> bool:
+    """Two signal paths to one array: equal, or a dense chain's ("inputs", l) and
+    ("post", l - 1) (`models.MLP`: layer l's input is layer l - 1's activity)."""
+    def canonical(p):
+        return ("post", p[1] - 1) if len(p) == 2 and p[0] == "inputs" and p[1] > 0 else p
+    return canonical(tuple(a)) == canonical(tuple(b))
 
 
 def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
@@ -381,10 +398,11 @@ def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
 
     Mirrored: conv synapses that carry one conv layer's error (inside every block; inside
     every stage with module "stage"; everywhere in the Kolen-Pollack chain, rule kp; a
-    regressed skip's teachers) and pool synapses carrying the head's
-    error (they stand for the head's kernel, transposed). Other synapses (dense or channel
-    skips) keep their random init. Raises ValueError when the graph has no mirrored
-    synapse (dense chains).
+    regressed skip's teachers), pool synapses carrying the head's
+    error (they stand for the head's kernel, transposed) and dense synapses carrying a
+    dense layer's error to its input (an MLP's adjacent synapses). Other synapses (skips
+    from further up) keep their random init. Raises ValueError when the graph has no
+    mirrored synapse (DFA's direct skips on a ResNet).
     """
     out = dict(synapses)
     mirrored = {name: layer for name, s in graph.synapses.items()
@@ -401,7 +419,7 @@ def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,
         kernel = get(params[layer.name], layer.kernel)
         in_shape = tuple(get(signals, layer.input).shape[1:])
         noise_key = jax.random.fold_in(key, synapse.init_index)
-        if synapse.kind == "pool":
+        if synapse.kind in ("pool", "dense"):
             out[name] = dense_mirror(noise_key, kernel, samples)
         else:
             if synapse.geometry != layer.geometry:

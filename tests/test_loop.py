@@ -140,14 +140,18 @@ def test_a_batch_that_does_not_divide_the_data_axis_is_a_config_error(tmp_path):
                  "lra.local_loss_hidden": 8, "lra.local_loss_sim": 0.5,
                  "lra.local_loss_recon": 0.5}),
     ("rec_lra", {"lra.module": "stage", "lra.local_loss": "only", "lra.local_loss_conv": 4}),
+    ("rec_lra", {"mlp": True}),  # an MLP: W^T of the layer above, the output's kernel
+    ("kp", {"mlp": True}),
 ])
 def test_shared_moments_train_exactly_like_adamw_with_less_state(rule, lra):
     """optim.share_moments: every synapse whose Kolen-Pollack delta equals a kernel's or a
     readout entry's (gamma 1) reuses its Adam moments; the train state after 3 fused steps
     equals plain AdamW's, with the optimizer state smaller by those synapses' moments."""
     states, sizes = [], []
+    lra = dict(lra)
+    module = fmnist_mlp if lra.pop("mlp", False) else fmnist_resnet18
     for share in (False, True):
-        config = smoke_config(fmnist_resnet18, rule=rule, **lra, **{
+        config = smoke_config(module, rule=rule, **lra, **{
             "lra.gamma": 1.0, "optim.share_moments": share, "optim.weight_decay": 0.05})
         builder.validate(config)
         setup = builder.create_setup(config, input_shape=(28, 28, 1), num_classes=10,

@@ -43,16 +43,26 @@ def test_weight_mirror_starts_each_synapse_near_the_layer_it_mirrors():
 
 
 def test_weight_mirror_needs_mirrored_synapses():
-    """A dense chain's synapses mirror no single layer: the option is refused."""
-    from rec_lra_jax import models  # noqa: PLC0415
+    """DFA's direct skips on a ResNet mirror no single layer: the option is refused. An
+    MLP's adjacent synapses do (W^T of the layer above): the mirror starts them near it."""
+    from rec_lra_jax import models, resnet  # noqa: PLC0415
 
+    model = resnet.resnet(18, num_classes=10, width=4)
+    x = jnp.ones((2, 16, 16, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    signals = model.apply(variables, x, train=False)
+    with pytest.raises(ValueError, match="mirror a forward layer"):
+        rules.wiring_of("dfa").init(jax.random.key(1), signals, variables["params"],
+                                    weight_mirror=10.0)
     model = models.MLP(features=(8, 8, 3), activation="tanh")
     x = jnp.ones((2, 5))
     params = model.init(jax.random.key(0), x)["params"]
     signals = model.apply({"params": params}, x)
-    with pytest.raises(ValueError, match="mirror a forward layer"):
-        rules.wiring_of("rec_lra").init(jax.random.key(1), signals, params,
-                                        activation="tanh", weight_mirror=10.0)
+    synapses = rules.wiring_of("kp").init(jax.random.key(1), signals, params,
+                                          activation="tanh", weight_mirror=2000.0)
+    for name, above in (("layer_00", "layer_01"), ("layer_01", "layer_02")):
+        w, b = params[above]["kernel"].T.ravel(), synapses[name].ravel()
+        assert float(w @ b / (jnp.linalg.norm(w) * jnp.linalg.norm(b))) > 0.95, name
 
 
 def test_weight_mirror_reports_progress(monkeypatch):
