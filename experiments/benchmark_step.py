@@ -33,8 +33,13 @@ from rec_lra_jax.config_schema import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rules", [], "Rules to time; default: every rule of the model family. "
-                  "RULE+grouped: that local rule with --config.lra.grouped=True (a row of "
-                  "its own beside the looped one).")
+                  "A local rule may carry options as suffixes, each a row of its own: "
+                  "RULE+grouped (--config.lra.grouped=True), RULE+shared "
+                  "(--config.optim.share_moments=True with lra.gamma 1), e.g. "
+                  "rec_lra+grouped+shared.")
+VARIANTS = {"grouped": {"lra.grouped": True},
+            "shared": {"optim.share_moments": True, "lra.gamma": 1.0,
+                       "lra.gamma_schedule": "constant"}}
 flags.DEFINE_integer("repeats", 7, "Interleaved timing rounds.")
 flags.DEFINE_integer("steps", 200, "Train steps per timed call.")
 flags.DEFINE_bool("time", True, "Time the steps; --notime only compiles each rule's step and "
@@ -43,12 +48,30 @@ config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True
 flags.mark_flags_as_required(["config"])
 
 
-def build_step(config, rule, data, batches, info):
-    rule, grouped = rule.removesuffix("+grouped"), rule.endswith("+grouped")
-    if grouped:
+def split_rule(row: str) -> tuple[str, dict]:
+    """"rec_lra+grouped+shared" -> ("rec_lra", the config overrides of its suffixes)."""
+    rule, *suffixes = row.split("+")
+    overrides = {}
+    for suffix in suffixes:
+        if suffix not in VARIANTS:
+            raise ConfigError(f"--rules: unknown suffix +{suffix} in {row!r}; choose from "
+                              f"{', '.join('+' + v for v in VARIANTS)}.")
+        overrides.update(VARIANTS[suffix])
+    if suffixes and not rules_lib.RULES[rule].local:
+        raise ConfigError(f"--rules: {row}: only local rules take these options (autodiff "
+                          f"rules take one gradient).")
+    return rule, overrides
+
+
+def build_step(config, row, data, batches, info):
+    rule, overrides = split_rule(row)
+    if overrides:
         config = config.copy_and_resolve_references()
         with config.unlocked():
-            config.lra.grouped = True
+            for key, value in overrides.items():
+                section, name = key.split(".")
+                config[section][name] = value
+        builder.validate(config, rules_run=[rule])
     setup = builder.create_setup(config, input_shape=data[0].shape[1:],
                                  num_classes=info.num_classes, total_steps=10**6, rule=rule,
                                  normalization=info.normalization, donate=False)
@@ -82,13 +105,14 @@ def main(argv):
     del argv
     config = FLAGS.config
     rules = FLAGS.rules or list(builder.rules_for(config))
-    plain = list(dict.fromkeys(r.removesuffix("+grouped") for r in rules))
+    unknown = [r for r in rules if r.split("+")[0] not in rules_lib.RULES]
+    plain = list(dict.fromkeys(r.split("+")[0] for r in rules))
+    if unknown:
+        raise ConfigError(f"--rules: unknown rule(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(builder.rules_for(config))}.")
     builder.validate(config, rules_run=plain, overridden=shell.overridden())
-    bad = [r for r in rules if r.endswith("+grouped") and
-           not rules_lib.RULES[r.removesuffix("+grouped")].local]
-    if bad:
-        raise ConfigError(f"--rules: {', '.join(bad)}: only local rules have a "
-                                  f"grouped form (autodiff rules take one gradient).")
+    for r in rules:
+        split_rule(r)
     info = sources.DATASETS[config.dataset]
     shape = info.image_shape
     if info.streaming and config.data.image_size:

@@ -164,12 +164,21 @@ def test_benchmark_times_every_rule_of_the_family():
 
 def test_benchmark_memory_only_compiles_and_reports_without_timing():
     proc = _run("experiments.benchmark_step", "configs/fmnist_mlp.py:smoke", None,
-                "--steps=1", "--notime", "--rules=rec_lra,bp")
+                "--steps=1", "--notime", "--rules=rec_lra,rec_lra+grouped+shared,bp",
+                "--config.model.hidden=(512,512,512)")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ms / step" not in proc.stdout and "not run" in proc.stdout
     rows = [line.split("|") for line in proc.stdout.splitlines()
             if line.startswith(("| rec_lra", "| bp"))]
-    assert [r[1].strip() for r in rows] == ["rec_lra", "bp"] and rows[1][-2].strip() == "1.00"
+    assert [r[1].strip() for r in rows] == ["rec_lra", "rec_lra+grouped+shared", "bp"]
+    assert rows[2][-2].strip() == "1.00"
+    # the shared row keeps fewer optimizer moments for its synapses (an MLP's twins)
+    assert float(rows[1][5]) < float(rows[0][5]), rows
+    for bad, says in (("bp+grouped", "only local rules"), ("rec_lra+fast", "unknown suffix")):
+        proc = _run("experiments.benchmark_step", "configs/fmnist_mlp.py:smoke", None,
+                    "--steps=1", "--notime", f"--rules={bad}")
+        assert proc.returncode == 1 and says in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
 
 
 def test_plot_command_without_runs_is_one_line(tmp_path):
