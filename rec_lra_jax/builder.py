@@ -169,6 +169,7 @@ def create_wiring(config: ml_collections.ConfigDict, rule: str | None = None) ->
     LRA-E's adjacent chain; DFA's direct skips; the Kolen-Pollack chain for kp, which is
     also backprop's path (so bp, fa and sign_symmetry report its hops)."""
     rule, lra = rule or config.rule, config.lra
+    readouts = lra.get("local_loss", "none") != "none"  # the output's share needs them
     if rule == "rec_lra":
         return Wiring("recursive", module_size=lra.get("module_size", 2), depth=lra.depth,
                       skip_source=lra.get("skip_source", "dense"),
@@ -181,8 +182,9 @@ def create_wiring(config: ml_collections.ConfigDict, rule: str | None = None) ->
                       local_loss_conv=lra.get("local_loss_conv", 0),
                       local_loss_recon=lra.get("local_loss_recon", 0.0),
                       local_loss_sim=lra.get("local_loss_sim", 0.0),
-                      local_loss_distill=lra.get("local_loss_distill", 0.0),
-                      local_loss_distill_each=tuple(lra.get("local_loss_distill_each", ())),
+                      local_loss_distill=readouts * lra.get("local_loss_distill", 0.0),
+                      local_loss_distill_each=tuple(
+                          lra.get("local_loss_distill_each", ()) if readouts else ()),
                       skip_learning=lra.get("skip_learning", "kp"),
                       skip_activity=lra.get("skip_activity", False))
     if rule == "lra_e":

@@ -326,7 +326,7 @@ def check(flat: dict[str, Any], *, rules_run: tuple[str, ...] | None = None,
             reason = spec.reads(view)
             if reason:
                 problems.append(f"{key}={value!r} has no effect: {reason}.")
-    return problems + _combinations(flat, family)
+    return problems + _combinations(flat, family, overridden)
 
 
 def unread(flat: dict[str, Any]) -> dict[str, str]:
@@ -344,7 +344,7 @@ def unread(flat: dict[str, Any]) -> dict[str, str]:
     return {key: reason for key, reason in reasons.items() if reason}
 
 
-def _combinations(flat: dict, family: str) -> list[str]:
+def _combinations(flat: dict, family: str, overridden=()) -> list[str]:
     """Values that are each valid but do not work together."""
     problems = []
     if family == "resnet":
@@ -383,7 +383,10 @@ def _combinations(flat: dict, family: str) -> list[str]:
                             f"0.99).")
         distill = flat.get("lra.local_loss_distill", 0) or tuple(
             flat.get("lra.local_loss_distill_each", ()) or ())
-        if distill and flat.get("lra.local_loss", "none") == "none":
+        # a config's default share is dropped with its readouts (a user who turns the local
+        # loss off gets the wiring without them); set on the command line, it is an error
+        if distill and flat.get("lra.local_loss", "none") == "none" and {
+                "lra.local_loss_distill", "lra.local_loss_distill_each"} & set(overridden):
             problems.append("lra.local_loss_distill(_each) mixes the output into the "
                             "block-local losses' targets: set lra.local_loss to 'only' or "
                             "'mixed', or it to 0 (or ()).")
