@@ -71,6 +71,8 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     # readout's) reuse its Adam moments instead of keeping their own (the same updates,
     # less memory); needs lra.gamma 1 and the kp synapse rule
     config.optim.share_moments = False
+    # rec_lra with block-local readouts: their step (and their twin synapses') times this
+    config.optim.readout_lr_scale = 1.0
 
     config.batch_size = 50
     config.eval_batch_size = 1000

@@ -293,6 +293,14 @@ def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int,
     else:
         opt = optax.chain(optax.add_decayed_weights(o.weight_decay),
                           optax.sgd(lr, momentum=o.momentum or None))
+    scale = o.get("readout_lr_scale", 1.0)
+    if scale != 1.0 and (rule or config.rule) == "rec_lra" and config.lra.get(
+            "local_loss", "none") != "none":  # the readouts (and their twins) step faster
+        keys = readout_keys(create_graph(config, rule))
+        opt = optax.chain(opt, optax.masked(optax.scale(scale), lambda tree: {
+            "params": jax.tree.map(lambda _: False, tree["params"]),
+            "feedback": {k: jax.tree.map(lambda _, k=k: k in keys, v)
+                         for k, v in tree["feedback"].items()}}))
     tx = optax.chain(transforms.clip_by_tensor_norm(o.clip_norm), opt) if o.clip_norm else opt
     if not feedback_is_learned(config, rule):
         tx = optax.partition({"learn": tx, "freeze": optax.set_to_zero()},
@@ -300,6 +308,15 @@ def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int,
     if config.on_nonfinite == "skip":
         tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_consecutive_skips)
     return optax.chain(update_rule or create_rule(config, rule), tx)
+
+
+def readout_keys(graph: wiring_lib.Graph) -> set[str]:
+    """The feedback keys of the graph's readouts (A, a hidden readout's A_out and A_back, a
+    conv head's K) and of the synapses that are their Kolen-Pollack twins (A^T carrying a
+    readout's error into its unit), which must keep their twin's step."""
+    keys = {k for r in graph.readouts for k in (r, f"{r}_out", f"{r}_back", f"{r}_conv")}
+    return keys | {name for name, (path, _) in local.twins(graph).items()
+                   if path[0] == "feedback" and path[1] in keys}
 
 
 def learning_rate(config: ml_collections.ConfigDict, total_steps: int):

@@ -166,6 +166,8 @@ COMMON = {
     "optim.final_lr_frac": Key(number(0, hi=1), when("optim.schedule", "cosine")),
     "optim.clip_norm": Key(number(0)),
     "optim.share_moments": Key(BOOL, all_of(rules(*LOCAL), when("optim.name", "adamw"))),
+    "optim.readout_lr_scale": Key(number(0, strict=True), all_of(
+        rules("rec_lra"), when("lra.local_loss", "only", "mixed"))),
     "batch_size": Key(integer(1)),
     "eval_batch_size": Key(integer(1)),
     "num_epochs": Key(integer(1)),

@@ -32,7 +32,7 @@ FREE_KEYS = frozenset({
 # Keys added after runs were saved, with the value that reproduces those runs: a saved
 # config without the key matches a config holding that value.
 ADDED_KEYS = {"model.init_scale": 1.0, "lra.grouped": False, "mesh.data": 0,
-              "optim.share_moments": False,
+              "optim.share_moments": False, "optim.readout_lr_scale": 1.0,
               "dtype": "float32",
               "lra.weight_mirror": 0.0, "lra.module": "block",
               "lra.stem_module": False, "lra.inner_loss": False, "lra.probe_sigma": 0.05,

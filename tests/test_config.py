@@ -69,7 +69,8 @@ _OTHER = {
     "lra.local_loss_grid": (2, 1), "lra.local_loss_hidden": (8, 0),
     "lra.skip_learning": ("regress", "kp"), "lra.local_loss_recon": (0.5, 0.0),
     "lra.local_loss_sim": (0.5, 0.0), "lra.local_loss_conv": (8, 0),
-    "lra.grouped": (True, False), "lra.local_loss_distill": (0.5, 0.0),
+    "lra.grouped": (True, False), "optim.readout_lr_scale": (2.0, 1.0),
+    "lra.local_loss_distill": (0.5, 0.0),
     "lra.local_loss_distill_each": ((0.5,), ()),
     "optim.final_lr_frac": (0.5, 0.1), "lra.probe_sigma": (0.1, 0.05),
 }

@@ -171,6 +171,32 @@ def test_shared_moments_train_exactly_like_adamw_with_less_state(rule, lra):
     assert moved > 1e-4  # the synapses did learn
 
 
+def test_readout_lr_scale_steps_the_readouts_and_their_twins_only():
+    """optim.readout_lr_scale=k: the readouts (and the synapses that carry their errors,
+    their Kolen-Pollack twins) move k times as far in one plain-SGD step; everything else
+    moves as without it."""
+    moved = {}
+    for scale in (1.0, 3.0):
+        config = smoke_config(cifar10_resnet18, **{
+            "optim.name": "sgd", "optim.momentum": 0.0, "optim.clip_norm": 0.0,
+            "optim.weight_decay": 0.0, "optim.readout_lr_scale": scale,
+            "lra.weight_mirror": 0.0, "lra.local_loss": "only", "steps_per_call": 1,
+            "batch_size": 8})
+        builder.validate(config)
+        start, end = _steps_from_one_init(config, (32, 32, 3), "rec_lra", steps=1)
+        moved[scale] = jax.tree.map(lambda a, b: a - b, end.params, start.params), \
+            jax.tree.map(lambda a, b: a - b, end.feedback, start.feedback)
+    keys = builder.readout_keys(builder.create_graph(config))
+    assert {"block_01_readout", "block_01"} <= keys and "block_00_conv1" not in keys
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-8),
+                 moved[1.0][0], moved[3.0][0])
+    for name in moved[1.0][1]:
+        a, b = moved[1.0][1][name], moved[3.0][1][name]
+        assert name not in keys or float(jnp.abs(a).max()) > 0, name
+        np.testing.assert_allclose(b, (3.0 if name in keys else 1.0) * a, rtol=1e-4,
+                                   atol=1e-7, err_msg=name)
+
+
 def test_shared_moments_need_gamma_one_and_the_kp_synapse_rule():
     for flags in ({"lra.gamma": 0.5}, {"lra.feedback_rule": "error_displacement"}):
         config = smoke_config(fmnist_resnet18, **flags, **{"optim.share_moments": True})
@@ -388,14 +414,14 @@ def test_crop_flip_is_a_shifted_or_flipped_crop():
         assert any(np.array_equal(np.asarray(out[i]), w) for w in windows)
 
 
-def _steps_from_one_init(config, shape, rule):
-    """The train state after 2 fused steps (plain SGD) and the one it started from."""
+def _steps_from_one_init(config, shape, rule, steps=2):
+    """The train state after `steps` fused steps (plain SGD) and the one it started from."""
     setup = builder.create_setup(config, input_shape=shape, num_classes=10, total_steps=100,
                                  rule=rule, donate=False)
     rng = np.random.default_rng(0)
     data = (jnp.asarray(rng.integers(0, 256, (16, *shape), dtype=np.uint8)),
             jnp.asarray(rng.integers(0, 10, 16).astype(np.int32)))
-    batches = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+    batches = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)[:steps]
     state, _ = setup.train_fn(setup.state, data, batches)
     return setup.state, state
 
