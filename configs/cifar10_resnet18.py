@@ -5,8 +5,8 @@ r"""CIFAR-10, ResNet-18 (CIFAR stem), rec-LRA's best short-path wiring by defaul
 
 Measured (`cpu`: width 8, 15 epochs, seeds 0-2, 2-core CPU, about 30 minutes a run;
 BENCHMARKS.md, CIFAR-10 JPEG copy): rec-LRA 75.20 +- 0.67 % test with
---config.optim.lr=0.02 (5 target hops; 73.94 +- 1.00 at lr 0.01 before the output share),
-kp 80.60 +- 0.40 (17), backprop 80.99 +- 0.13 (17).
+--config.optim.lr=0.02 (5 target hops; 74.17 +- 1.15 at the config's lr 0.01), kp 80.60 +-
+0.40 (17), backprop 80.99 +- 0.13 (17).
 Data (`data.dir`): CIFAR-10's binary or python batches, or an image folder
 (train/<class>/*, test/<class>/*); or tfds "cifar10" as array_record. Split 45k / 5k / 10k;
 pad-4 crop and flip on device. Without an argument: full width (64), 100 epochs, meant for
