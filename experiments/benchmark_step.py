@@ -27,7 +27,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import shell
-from rec_lra_jax import builder, sources
+from rec_lra_jax import builder, config_schema, sources
 from rec_lra_jax import rules as rules_lib
 from rec_lra_jax.config_schema import ConfigError
 
@@ -69,8 +69,7 @@ def build_step(config, row, data, batches, info):
         config = config.copy_and_resolve_references()
         with config.unlocked():
             for key, value in overrides.items():
-                section, name = key.split(".")
-                config[section][name] = value
+                config_schema.set_key(config, key, value)
         builder.validate(config, rules_run=[rule])
     setup = builder.create_setup(config, input_shape=data[0].shape[1:],
                                  num_classes=info.num_classes, total_steps=10**6, rule=rule,

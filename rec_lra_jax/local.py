@@ -362,7 +362,7 @@ def mirrored_layer(graph: Graph, synapse: Synapse):
     if synapse.kind == "dense" and synapse.source[0] == "unit":
         for layer in graph.layers.values():
             if (layer.kind == "dense" and layer.unit == synapse.source[1]
-                    and _same_activity(layer.input, synapse.reads) and layer.norm is None
+                    and layer.input == synapse.reads and layer.norm is None
                     and layer.kernel_shape == synapse.shape[::-1]):
                 return layer
         return None
@@ -372,14 +372,6 @@ def mirrored_layer(graph: Graph, synapse: Synapse):
                     and layer.kernel_shape == synapse.shape[::-1]):
                 return layer
     return None
-
-
-def _same_activity(a: tuple, b: tuple) -> bool:
-    """Two signal paths to one array: equal, or a dense chain's ("inputs", l) and
-    ("post", l - 1) (`models.MLP`: layer l's input is layer l - 1's activity)."""
-    def canonical(p):
-        return ("post", p[1] - 1) if len(p) == 2 and p[0] == "inputs" and p[1] > 0 else p
-    return canonical(tuple(a)) == canonical(tuple(b))
 
 
 def weight_mirror(key: jax.Array, graph: Graph, signals: dict, params: dict,

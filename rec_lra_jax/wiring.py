@@ -221,11 +221,11 @@ class Wiring:
             raise ValueError("local_loss_distill mixes the output into the readouts' "
                              "targets: set local_loss to 'only' or 'mixed'.")
         each = self.local_loss_distill_each
-        if not (isinstance(each, tuple | list) and all(
+        if not (isinstance(each, tuple) and all(
                 isinstance(a, int | float) and not isinstance(a, bool) and -1 <= a <= 1
                 for a in each)):
-            raise ValueError(f"local_loss_distill_each is one a in [-1, 1] per readout, "
-                             f"from the input up, got {each!r}.")
+            raise ValueError(f"local_loss_distill_each is a tuple of one a in [-1, 1] per "
+                             f"readout, from the input up, got {each!r}.")
         if each and self.local_loss == "none":
             raise ValueError("local_loss_distill_each mixes the output into the readouts' "
                              "targets: set local_loss to 'only' or 'mixed'.")
@@ -509,7 +509,10 @@ def dense_chain_graph(wiring: Wiring, signals: dict, params: dict,
                                  (widths[src - 1], widths[l - 1]), init_index=l)
     layers = {}
     for l, name in enumerate(names):
-        layers[name] = Layer(name, "dense", ("inputs", l), name, ("kernel",),
+        # layer l's input is layer l - 1's activity: name it so (the path a synapse into
+        # that activity reads), the network's input for the first layer
+        layers[name] = Layer(name, "dense", ("post", l - 1) if l else ("inputs", 0), name,
+                             ("kernel",),
                              tuple(params[name]["kernel"].shape),
                              bias=("bias",) if "bias" in params[name] else None)
     return Graph(units, layers, synapses, feedback_init="unit")
