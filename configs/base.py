@@ -93,6 +93,10 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     # Devices on the "data" mesh axis (each batch split over them); 0: every device. The
     # batch size must divide over them.
     config.mesh.data = 0
+    # Devices on the "layer" mesh axis: each parameter, synapse and optimizer-state tensor
+    # is split over them by its last dimension (each device updates 1/layer of every
+    # layer); the data axis gets the rest. Must divide the device count.
+    config.mesh.layer = 1
 
     config.diagnostics = ml_collections.ConfigDict()
     # Per epoch and layer: cos(rule delta, backprop gradient) and ||delta|| / ||gradient||.
@@ -125,6 +129,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         # multiplies the conv kernels' init std (BatchNorm makes the forward invariant to
         # it; smaller starts the weights nearer the origin, for every rule alike)
         config.model.init_scale = 1.0
+        # bp, fa, sign_symmetry: False sends no gradient into a residual branch's input
+        # (truncated backprop: the autodiff twin of lra.chain=shortcut)
+        config.model.branch_gradient = True
         config.lra.skip_source = "dense"  # dense | channel | head
         config.lra.bn_error = "jacobian"  # jacobian | output | scaled
         config.lra.feedback_init = "he"  # synapse std = feedback_scale * sqrt(2 / fan_in)
@@ -140,6 +147,13 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
         # outputs from the output error, the units inside a stage chained through
         # synapses shaped like the layers above them; target hops 2 vs 5 on ResNet-18)
         config.lra.module = "block"
+        # with module=stage: what a unit reads from the block above it in its module: full
+        # (its first conv's and shortcut's path) | shortcut (the shortcut's only: the
+        # residual branch left out, two hops fewer per block; a departure)
+        config.lra.chain = "full"
+        # with module=stage: consecutive stages per module, from the top (a stage end
+        # inside a module reads the next stage's first block through the chain)
+        config.lra.module_stages = 1
         # with module=stage: the stem a module of its own (driven like a stage end) instead
         # of the last unit of stage 1's chain (target hops 5 -> 4 on ResNet-18)
         config.lra.stem_module = False

@@ -98,7 +98,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, rule: str 
                           feedback_init=config.lra.baseline_feedback_init, dtype=dtype)
     return resnet.resnet(m.depth, num_classes=num_classes, width=m.width, stem=m.stem,
                          use_bn=m.use_bn, bn_affine=m.bn_affine, init_scheme=m.init,
-                         init_scale=m.init_scale, backward=backward, dtype=dtype)
+                         init_scale=m.init_scale, backward=backward, dtype=dtype,
+                         branch_gradient=m.get("branch_gradient", True))
 
 
 def create_rule(config: ml_collections.ConfigDict, rule: str | None = None, *,
@@ -174,6 +175,8 @@ def create_wiring(config: ml_collections.ConfigDict, rule: str | None = None) ->
         return Wiring("recursive", module_size=lra.get("module_size", 2), depth=lra.depth,
                       skip_source=lra.get("skip_source", "dense"),
                       head_last=lra.get("head_last", True), module=lra.get("module", "block"),
+                      chain=lra.get("chain", "full"),
+                      module_stages=lra.get("module_stages", 1),
                       stem_module=lra.get("stem_module", False),
                       inner_loss=lra.get("inner_loss", False),
                       local_loss=lra.get("local_loss", "none"),
@@ -208,6 +211,10 @@ def describe_wiring(config: ml_collections.ConfigDict, rule: str | None = None) 
     if config.model.name == "mlp":
         return f"modules of {w.module_size}, depth {w.depth}"
     name = f"{w.module}s{' + stem' * w.stem_module}, depth {w.depth}"
+    if w.module_stages > 1:
+        name = f"modules of {w.module_stages} stages{' + stem' * w.stem_module}, depth {w.depth}"
+    if w.chain != "full":
+        name += f", {w.chain} chain"
     if w.local_loss != "only":
         name += f", {w.skip_source} skips ({w.skip_learning}{', activity' * w.skip_activity})"
     if w.local_loss != "none":

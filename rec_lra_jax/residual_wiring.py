@@ -84,6 +84,10 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict,
     direct_kind = "dense" if wiring.skip_source == "dense" else "channel"
     blocks = sorted(signals["blocks"])
     stages = _stage_ends(signals, blocks)
+    if staged:  # a module's end: the top stage end of each group of module_stages
+        ends = sorted(stages)[::-1]
+        stages = set(ends[::wiring.module_stages])
+    branch = wiring.chain == "full"
     classes = shape_of(signals, ("logits",))[-1]
     relu = jax.nn.relu
     units = {"head": Unit("head", None, None, None, None)}
@@ -157,9 +161,15 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict,
         synapses[name] = Synapse(name, "conv", ("layer", layer), target, reads, kernel,
                                  _conv_geometry(signals, ("blocks", block, conv), kernel[0]))
 
-    def mirror(name, target, reads, upper):
+    def mirror(name, target, reads, upper, branch=True):
         """Synapses mirroring block `upper`'s first conv and its shortcut; returns their
-        names."""
+        names. `branch=False`: the shortcut's only (Wiring.chain "shortcut")."""
+        if not branch:
+            if "proj" in signals["blocks"][upper]:
+                mirror_conv(name, target, reads, upper, "proj")
+            else:
+                synapses[name] = Synapse(name, "identity", ("unit", upper), target, reads, ())
+            return (name,)
         first = sorted(k for k in signals["blocks"][upper] if k.startswith("conv"))[0]
         mirror_conv(name, target, reads, upper, first)
         skip = f"{name}_skip"
@@ -193,7 +203,7 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict,
             drive = from_output(b, b, post, kind="pool")
             chained = False
         elif mirrored or (staged and chained):
-            drive = mirror(b, b, post, blocks[i + 1])
+            drive = mirror(b, b, post, blocks[i + 1], branch or mirrored)
             if staged and wiring.inner_loss:  # its own readout beside the chain
                 local = dataclasses.replace(wiring, local_loss="only")
                 drive = (*drive, from_output(f"{b}_inner", b, post, wiring=local))
@@ -230,7 +240,7 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict,
     chained, drive = (wiring.skip_source == "head" or mirrored or staged) and not own, "stem"
     teach = ()
     if mirrored or (staged and not own):  # module "stage": the stem is in stage 1
-        drive = mirror("stem", "stem", reads, blocks[0])
+        drive = mirror("stem", "stem", reads, blocks[0], branch or mirrored)
     elif chained:
         from_block("stem", "stem", reads, blocks[0])
     else:

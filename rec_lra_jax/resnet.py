@@ -161,6 +161,10 @@ class ResNet(nn.Module):
       backward: what autodiff sends back through each layer: "exact" (backprop), "fa"
         (fixed random kernels in the "feedback" collection) or "sign" (sign(W), uSF).
         Only the feedback-alignment baselines change it; the forward is the same.
+      branch_gradient: False: autodiff sends no gradient into a residual branch's input,
+        only through the shortcut (each branch still gets its own gradient from the block
+        output): truncated backprop, the autodiff twin of `Wiring(chain="shortcut")`. The
+        forward is the same.
       dtype: the convolutions' and the head's operands (bfloat16; their results come back in
         float32). Activations, BatchNorm, parameters and logits stay float32: a local rule's
         targets are differences of activations, which bfloat16 rounding would swamp.
@@ -181,6 +185,7 @@ class ResNet(nn.Module):
     init_scheme: str = "he"
     backward: str = "exact"
     init_scale: float = 1.0
+    branch_gradient: bool = True
     dtype: Any = None  # None: float32 throughout
 
     def _conv(self, features, kernel, strides=1, name=None):
@@ -235,7 +240,7 @@ class ResNet(nn.Module):
         else:  # torchvision's v1.5: the stride sits on the 3x3 conv
             specs = (("conv1", features, 1, 1), ("conv2", features, 3, strides),
                      ("conv3", out_features, 1, 1))
-        block, z = {}, u
+        block, z = {}, u if self.branch_gradient else jax.lax.stop_gradient(u)
         for i, (layer, feats, kernel, s) in enumerate(specs):
             block[layer] = self._conv(feats, kernel, s, name=f"{name}_{layer}")(z, train=train)
             if i < len(specs) - 1:

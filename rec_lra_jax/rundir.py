@@ -26,16 +26,18 @@ from rec_lra_jax import config_schema
 FREE_KEYS = frozenset({
     "log_every_steps", "eval_batch_size", "steps_per_call", "checkpoint_every_epochs",
     "keep_checkpoints", "data.threads", "data.processes", "data.cache_dir", "diagnostics.cosine",
-    "diagnostics.test_curve", "mesh.data",
+    "diagnostics.test_curve", "mesh.data", "mesh.layer",
 })
 
 # Keys added after runs were saved, with the value that reproduces those runs: a saved
 # config without the key matches a config holding that value.
-ADDED_KEYS = {"model.init_scale": 1.0, "lra.grouped": False, "mesh.data": 0,
+ADDED_KEYS = {"model.init_scale": 1.0, "model.branch_gradient": True, "lra.grouped": False,
+              "mesh.data": 0, "mesh.layer": 1,
               "optim.share_moments": False, "optim.readout_lr_scale": 1.0,
               "dtype": "float32",
               "lra.weight_mirror": 0.0, "lra.module": "block",
-              "lra.stem_module": False, "lra.inner_loss": False, "lra.probe_sigma": 0.05,
+              "lra.stem_module": False, "lra.chain": "full", "lra.module_stages": 1,
+              "lra.inner_loss": False, "lra.probe_sigma": 0.05,
               "lra.local_loss": "none", "lra.local_loss_grid": 1,
               "lra.local_loss_hidden": 0, "lra.local_loss_recon": 0.0,
               "lra.local_loss_sim": 0.0, "lra.local_loss_conv": 0,

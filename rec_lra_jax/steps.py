@@ -243,11 +243,17 @@ def train_steps(state: TrainState, data, batches, **step_kwargs
         images, labels = (data[0][batch], data[1][batch]) if data is not None else batch
         return train_step(s, images, labels, **step_kwargs)
 
+    sharding = step_kwargs.get("sharding")
+    if layer_axis(sharding) > 1:  # the state keeps its place on the mesh's layer axis
+        state = jax.lax.with_sharding_constraint(state, state_shardings(state, sharding))
+
     if jax.tree.leaves(batches)[0].shape[0] == 1:
         state, metrics = body(state, jax.tree.map(lambda b: b[0], batches))
         metrics = jax.tree.map(lambda m: m[None], metrics)
     else:
         state, metrics = jax.lax.scan(body, state, batches)
+    if layer_axis(sharding) > 1:
+        state = jax.lax.with_sharding_constraint(state, state_shardings(state, sharding))
     metrics["state_finite"] = healthy(state)
     return state, metrics
 
@@ -275,25 +281,57 @@ def eval_step(params, batch_stats, images, labels, *, model,
     }
 
 
-def data_mesh_sharding(batch_size: int, devices: int = 0) -> NamedSharding | None:
-    """Batch sharding over `devices` devices (0: all) on a 'data' axis, or None for one.
+def data_mesh_sharding(batch_size: int, devices: int = 0, layer: int = 1
+                       ) -> NamedSharding | None:
+    """Batch sharding over a ('data', 'layer') mesh, or None for one device.
 
-    State and datasets are replicated over the same mesh (PartitionSpec()). Raises
-    ValueError when the batch does not divide over the devices (naming both numbers) or
-    more devices are asked for than there are.
+    `devices` devices on the 'data' axis (0: every device over `layer`), `layer` on the
+    'layer' axis: the batch splits over 'data' and is whole on each 'layer' column; the
+    state is placed by `state_shardings` (replicated over 'data', each tensor split over
+    'layer'). Raises ValueError when the batch does not divide over the data axis (naming
+    both numbers), when `layer` does not divide the devices, or when more devices are asked
+    for than there are.
     """
     available = jax.device_count()
-    n = devices or available
-    if n > available or (jax.process_count() > 1 and n != available):
-        raise ValueError(f"mesh.data={n} devices asked for; {available} are visible"
-                         + (" (with several processes the data axis spans all of them)"
+    if layer < 1 or available % layer:
+        raise ValueError(f"mesh.layer={layer} does not divide the {available} visible "
+                         f"devices.")
+    n = devices or available // layer
+    if n * layer > available or (jax.process_count() > 1 and n * layer != available):
+        asked = f"mesh.data={n}" + (f" x mesh.layer={layer}" if layer > 1 else "")
+        raise ValueError(f"{asked} devices asked for; {available} are visible"
+                         + (" (with several processes the mesh spans all of them)"
                             if jax.process_count() > 1 else "") + ".")
     if batch_size % n:
         raise ValueError(f"batch_size={batch_size} does not divide over the {n} devices of the "
                          f"data axis: use a batch size that is a multiple of {n}, or set "
                          f"--config.mesh.data to a divisor of {batch_size}.")
-    if n == 1:
+    if n * layer == 1:
         return None
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:n]), ("data",),
-                             axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:n * layer]).reshape(n, layer),
+                             ("data", "layer"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     return NamedSharding(mesh, P("data"))
+
+
+def layer_axis(sharding) -> int:
+    """The size of the mesh's 'layer' axis (1 without one)."""
+    if sharding is None:
+        return 1
+    return dict(sharding.mesh.shape).get("layer", 1)
+
+
+def state_shardings(tree: Any, sharding: NamedSharding) -> Any:
+    """Where each leaf of a train state lives on `sharding`'s mesh: replicated over 'data';
+    over a 'layer' axis of n > 1 devices, every tensor whose last dimension (a layer's
+    output channels or units, a synapse's, their optimizer moments') divides by n is split
+    along it, so each device holds 1/n of every layer and computes 1/n of each layer's
+    update (XLA partitions the step by these shardings); other leaves are replicated."""
+    mesh, n = sharding.mesh, layer_axis(sharding)
+
+    def place(x):
+        shape = np.shape(x)
+        if n > 1 and len(shape) >= 1 and shape[-1] % n == 0:
+            return NamedSharding(mesh, P(*(None,) * (len(shape) - 1), "layer"))
+        return NamedSharding(mesh, P())
+
+    return jax.tree.map(place, tree)

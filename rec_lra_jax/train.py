@@ -73,7 +73,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
                           f"training examples of {plan.dataset}.")
     total_steps = steps_per_epoch * plan.num_epochs
     try:
-        sharding = steps.data_mesh_sharding(plan.batch_size, config.mesh.data)
+        sharding = steps.data_mesh_sharding(plan.batch_size, config.mesh.data,
+                                            config.mesh.get("layer", 1))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     # A resume restores the state, so its template skips the start-only weight mirror. (A
@@ -88,7 +89,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overr
                 "image_shape": list(data.image_shape), "data_source": data.origin,
                 "train_examples": len(data.train), "val_examples": len(data.val),
                 "test_examples": len(data.test), "devices": jax.device_count(),
-                "processes": jax.process_count(), "jax": jax.__version__}
+                "processes": jax.process_count(), "jax": jax.__version__,
+                "mesh": ({k: int(v) for k, v in sharding.mesh.shape.items()}
+                         if sharding is not None else {"data": 1, "layer": 1})}
     run = _Run(plan, data, setup, workdir, every, total_steps, steps_per_epoch, sharding,
                builder.learning_rate(config, total_steps),
                builder.create_cosine_fn(config, setup, data.num_classes, data.normalization)
@@ -142,7 +145,8 @@ class _Run:
         ckpt = checkpoints.Checkpoints(self.workdir, keep=plan.keep_checkpoints)
         writer = None
         try:
-            state = jax.device_put(self.setup.state, self.replicated)
+            state = jax.device_put(self.setup.state, self.replicated if self.sharding is None
+                                   else steps.state_shardings(self.setup.state, self.sharding))
             meta = {"best_val_accuracy": 0.0, "best_step": 0, "train_seconds": 0.0}
             try:
                 restored = ckpt.restore_latest(state)

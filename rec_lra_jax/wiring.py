@@ -37,6 +37,7 @@ Path = tuple  # keys into the nested signals dict (str keys, int tuple indices)
 SOURCES = ("recursive", "adjacent", "direct", "transpose")
 SKIP_SOURCES = ("dense", "channel", "head")
 MODULES = ("block", "stage")
+CHAINS = ("full", "shortcut")
 LOCAL_LOSSES = ("none", "only", "mixed")
 SKIP_LEARNING = ("kp", "regress", "perturb")
 OUTPUT = "output"  # the unit whose error is eps(softmax(logits) - y)
@@ -65,6 +66,15 @@ class Wiring:
         conv above) or "stage" (stage outputs from the output error, every other unit of a
         stage, the stem included in the first, from the layers directly above it in its
         stage through synapses shaped like them). Target hops on ResNet-18: 2 and 5.
+      chain: with module "stage", what a unit inside a module reads from the block above it:
+        "full" (synapses shaped like that block's first conv and its shortcut: backprop's
+        path through the block, Kolen-Pollack) or "shortcut" (the shortcut's synapse only,
+        the identity or one shaped like the projection: the residual branch's Jacobian is
+        left out, the short paths of a residual net, Veit et al. 2016; two hops fewer per
+        block). A departure.
+      module_stages: with module "stage", consecutive stages per module, counted from the
+        top (2 on ResNet-18: stages 3-4 end at the head, stages 1-2 at stage 2's end); a
+        stage end inside a module reads the next stage's first block through `chain`.
       stem_module: with module "stage", the stem is a module of its own, driven like a
         stage end (from the output error and/or its own readout) instead of from the first
         stage's chain: one hop fewer on ResNet-18 (4), room for a deeper readout within 5.
@@ -134,6 +144,8 @@ class Wiring:
     skip_source: str = "dense"
     head_last: bool = True
     module: str = "block"
+    chain: str = "full"
+    module_stages: int = 1
     stem_module: bool = False
     inner_loss: bool = False
     local_loss: str = "none"
@@ -171,6 +183,14 @@ class Wiring:
                              f"{self.module_size!r}, {self.depth!r}.")
         if self.module not in MODULES:
             raise ValueError(f"Unknown module {self.module!r}; choose one of {MODULES}.")
+        if self.chain not in CHAINS:
+            raise ValueError(f"Unknown chain {self.chain!r}; choose one of {CHAINS}.")
+        if not (isinstance(self.module_stages, int) and self.module_stages >= 1):
+            raise ValueError(f"module_stages must be an integer >= 1, got "
+                             f"{self.module_stages!r}.")
+        if (self.chain != "full" or self.module_stages != 1) and self.module != "stage":
+            raise ValueError("chain and module_stages shape the modules of module='stage' "
+                             "(with module='block' every block is a module).")
         if self.stem_module and self.module != "stage":
             raise ValueError("stem_module splits the stem from the first stage: it needs "
                              "module='stage' (with module='block' the stem is already its "

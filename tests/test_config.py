@@ -56,6 +56,7 @@ def test_a_key_added_since_a_run_matches_at_its_old_behaviour():
 
 # Another valid value for each key that some rule or option does not read.
 _OTHER = {
+    "lra.chain": ("full", "shortcut"), "lra.module_stages": (1, 2),
     "lra.beta": (0.3, 0.2), "lra.beta_schedule": ("linear", "constant"),
     "lra.beta_final": (0.02, 0.01), "lra.gamma_schedule": ("cosine", "constant"),
     "lra.gamma_final": (0.2, 0.1), "lra.gamma": (0.5, 2.0), "lra.feedback_rule": ("fixed", "kp"),

@@ -472,3 +472,58 @@ def test_bfloat16_computes_the_forward_and_keeps_the_state_in_float32(family, ru
                    jnp.concatenate([b for _, _, b in pairs]))
     assert kernels[len(kernels) // 2] > 0.9 and kernels[0] > 0.3 and whole > 0.9, (kernels,
                                                                                    whole)
+
+
+@pytest.mark.parametrize("family,rule", [("mlp", r) for r in rules.RULES] + [
+    ("resnet", r) for r in ("rec_lra", "kp", "bp")])  # every rule's code path on the MLP
+def test_a_layer_axis_trains_as_one_device_does(family, rule):
+    """A ("data", "layer") mesh of 2 x 4 of the 8 CPU devices: the batch splits over
+    "data", every parameter, synapse and optimizer-state tensor whose last dimension
+    divides by 4 lives split over "layer" (and stays so after the steps), and two steps give
+    the unsharded state to 1e-6 of each tensor's scale. In float64 (the state and images
+    cast), so that what is compared is the partitioning, not float32's summation order:
+    local rules take differences of activities (targets), which multiply float32's
+    rounding by about 1/beta at each hop (measured in float32: 2e-6 of a tensor's largest
+    entry for backprop, up to 1e-3 for LRA-E's near-zero BatchNorm biases)."""
+    module = fmnist_mlp if family == "mlp" else cifar10_resnet18
+    shape = (28, 28, 1) if family == "mlp" else (32, 32, 3)
+    flags = {"optim.name": "sgd", "optim.momentum": 0.9, "optim.clip_norm": 0.0,
+             "input_noise": 0.0, "steps_per_call": 2, "batch_size": 8}
+    if family == "resnet":
+        flags["lra.weight_mirror"] = 0.0
+    config = smoke_config(module, rule=rule, **flags)
+    sharding = steps.data_mesh_sharding(8, 2, 4)
+    assert dict(sharding.mesh.shape) == {"data": 2, "layer": 4}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, *shape)) / 255.0
+    labels = rng.integers(0, 10, 16).astype(np.int32)
+
+    def wide(path, x):  # a scheduled rule's hyperparameters stay as optax writes them
+        floating = jnp.issubdtype(x.dtype, jnp.floating)
+        return x.astype(np.float64) if floating and "hyperparams" not in str(path) else x
+
+    ends = []
+    with jax.enable_x64(True):
+        for mesh in (None, sharding):
+            setup = builder.create_setup(config, input_shape=shape, num_classes=10,
+                                         total_steps=100, rule=rule, donate=False,
+                                         sharding=mesh)
+            start = jax.tree_util.tree_map_with_path(wide, setup.state)
+            if mesh is not None:
+                start = jax.device_put(start, steps.state_shardings(start, mesh))
+            end, _ = setup.train_fn(start, (jnp.asarray(images), jnp.asarray(labels)),
+                                    jnp.arange(16, dtype=jnp.int32).reshape(2, 8))
+            ends.append(end)
+    ref, end = ends
+    assert {x.dtype for x in jax.tree.leaves(end.params)} == {jnp.dtype("float64")}
+    split = [x for x in jax.tree.leaves(end) if "layer" in x.sharding.spec]
+    assert len(split) > len(jax.tree.leaves(end)) // 3
+    assert all(x.sharding.spec == s.spec for x, s in zip(
+        jax.tree.leaves(end), jax.tree.leaves(steps.state_shardings(end, sharding)),
+        strict=True))
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(end),
+                            strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-300)
+        assert float(np.max(np.abs(a - b), initial=0.0)) <= 1e-6 * scale, \
+            jax.tree_util.keystr(path)

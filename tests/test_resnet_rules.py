@@ -281,3 +281,39 @@ def test_rescale_keeps_errors_from_shrinking_along_the_chain():
         ratios[rescale] = float(jnp.linalg.norm(units["stem"]) /
                                 jnp.linalg.norm(units["block_07"]))
     assert ratios[False] < 1e-6 < 1e-2 < ratios[True]
+
+
+@pytest.mark.parametrize("depth,stem", [(18, "cifar"), (18, "imagenet"), (50, "cifar")])
+def test_shortcut_chain_with_transported_weights_is_truncated_backprop(depth, stem):
+    """rec-LRA with `chain="shortcut"` and one module (every unit from the head through
+    the shortcuts and each block's own layers) computes truncated backprop: given synapses
+    equal to the forward weights they mirror, rescaled errors and a tiny beta, every
+    layer's delta is the gradient of the model whose residual branches send nothing back
+    into their inputs (`ResNet(branch_gradient=False)`), and not backprop's."""
+    from rec_lra_jax import wiring as wiring_lib  # noqa: PLC0415
+
+    with jax.enable_x64(True):
+        model, variables, _, _, x, labels = mirror_oracle(depth, stem)
+        params = variables["params"]
+        short = Wiring(module="stage", chain="shortcut", module_stages=4)
+        graph = wiring_lib.build(short, model.apply(variables, x, train=False), params, None)
+        assert {s.kind for s in graph.synapses.values()} <= {"conv", "pool", "identity"}
+        oracle = {name: params[s.source[1]]["conv"]["kernel"] if s.kind == "conv"
+                  else params["head"]["kernel"].T
+                  for name, s in graph.synapses.items() if s.kind != "identity"}
+        rule = rules.rec_lra(wiring=short, beta=1e-7, rescale=True)
+        deltas = rule_deltas(rule, model, params, oracle, x, labels, variables["batch_stats"])
+        truncated = model.clone(branch_gradient=False)
+        for autodiff, equal in ((truncated, True), (model, False)):
+            grads = rule_deltas("bp", autodiff, params, {}, x, labels,
+                                variables["batch_stats"])
+            close = []
+            for (path, delta), grad in zip(
+                    jax.tree_util.tree_leaves_with_path(deltas["params"]),
+                    jax.tree.leaves(grads["params"]), strict=True):
+                scale = float(jnp.max(jnp.abs(grad)))
+                close.append(bool(np.allclose(delta, grad, rtol=0, atol=1e-5 * scale)))
+                if equal:
+                    np.testing.assert_allclose(delta, grad, rtol=0, atol=1e-5 * scale,
+                                               err_msg=jax.tree_util.keystr(path))
+            assert all(close) == equal

@@ -302,14 +302,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("module,same_batches", [
-    ("experiments.fashion_mnist", True),  # in memory
-    ("tests.streaming_run", False),  # the same data through StreamSource, process shards
+@pytest.mark.parametrize("module,same_batches,layer", [
+    ("experiments.fashion_mnist", True, 1),  # in memory
+    ("experiments.fashion_mnist", True, 2),  # a ("data", "layer") mesh of 2 x 2
+    ("tests.streaming_run", False, 1),  # the same data through StreamSource, process shards
 ])
-def test_two_processes_train_like_one(tmp_path, module, same_batches):
+def test_two_processes_train_like_one(tmp_path, module, same_batches, layer):
     """2 processes x 2 CPU devices (gloo collectives) run the same steps as one process with 4
     devices (with in-memory data, the same batches, so the same results), and only process 0
-    writes files. Streaming sources shard their records by process, so batches differ."""
+    writes files. Streaming sources shard their records by process, so batches differ. With
+    `layer` 2 the state is split over a "layer" axis that spans the two processes."""
     import subprocess
     import sys
 
@@ -318,14 +320,16 @@ def test_two_processes_train_like_one(tmp_path, module, same_batches):
                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     port, config = _free_port(), "configs/fmnist_mlp.py:smoke"
+    mesh = [f"--config.mesh.layer={layer}"] if layer > 1 else []
     procs = [subprocess.Popen(
-        [sys.executable, "-m", module, f"--config={config}", f"--workdir={tmp_path / 'multi'}",
+        [sys.executable, "-m", module, f"--config={config}", *mesh,
+         f"--workdir={tmp_path / 'multi'}",
          "--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=2",
          f"--process_id={i}"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True) for i in range(2)]
     errors = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
-    single = subprocess.run([sys.executable, "-m", module, f"--config={config}",
+    single = subprocess.run([sys.executable, "-m", module, f"--config={config}", *mesh,
                              f"--workdir={tmp_path / 'single'}"], cwd=repo,
                             env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
                             capture_output=True, text=True, timeout=600)
@@ -336,6 +340,8 @@ def test_two_processes_train_like_one(tmp_path, module, same_batches):
     if same_batches:
         for key in ("test_accuracy", "test_loss", "best_val_accuracy", "best_step"):
             assert multi[key] == pytest.approx(ref[key], rel=1e-5), key
+    resolved = json.load(open(tmp_path / "multi" / "config.json"))["resolved"]
+    assert resolved["mesh"] == {"data": 4 // layer, "layer": layer}
     epochs = [r["epoch"] for r in metrics.read_jsonl(str(tmp_path / "multi" / "metrics.jsonl"))]
     assert epochs == sorted(set(epochs))  # one writer: no line twice
 

@@ -47,6 +47,13 @@ def _resnet(depth=18, stem="cifar", size=16, batch=4):
     (Wiring(skip_learning="regress"), 3),  # teachers one hop behind the targets
     (Wiring(module="stage", skip_learning="regress"), 5),
     (Wiring("transpose"), 17),  # backprop's: every weight layer below the head
+    # shortcuts only inside a stage: a block 1 hop below the next, its conv1 one more
+    (Wiring(module="stage", chain="shortcut", local_loss="only", local_loss_grid=2), 3),
+    # two stages a module: stage 3's end through block_06's projection at 3, block_04 at
+    # 4, its conv1 at 5; stage 2's end reads its readout
+    (Wiring(module="stage", chain="shortcut", module_stages=2, local_loss="only",
+            local_loss_grid=2), 5),
+    (Wiring(module="stage", module_stages=2, local_loss="only", local_loss_grid=2), 9),
 ])
 def test_target_hops_on_resnet18(wiring, hops):
     _, variables, signals, _, _ = _resnet()
