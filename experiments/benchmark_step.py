@@ -6,6 +6,9 @@ r"""Train-step time and XLA memory of every rule on one config, measured in one 
       --rules=rec_lra,bp --steps=1 --repeats=5 --config.batch_size=32
   python -m experiments.benchmark_step --config=configs/resnet50.py --rules=rec_lra,bp \
       --steps=1 --notime --config.batch_size=64 --config.lra.weight_mirror=0   # memory only
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m experiments.benchmark_step \
+      --config=configs/resnet50.py --rules=rec_lra,rec_lra+layer4,bp,bp+layer4 --steps=1 \
+      --notime --config.batch_size=64 --config.lra.weight_mirror=0   # per device, 1 x 4 mesh
 
 Without --rules it times every rule the config's model family supports. Each rule's
 jitted train step is built by `builder.create_setup`, exactly as the training loop builds
@@ -27,7 +30,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import shell
-from rec_lra_jax import builder, config_schema, sources
+from rec_lra_jax import builder, config_schema, sources, steps
 from rec_lra_jax import rules as rules_lib
 from rec_lra_jax.config_schema import ConfigError
 
@@ -36,7 +39,8 @@ flags.DEFINE_list("rules", [], "Rules to time; default: every rule of the model 
                   "A local rule may carry options as suffixes, each a row of its own: "
                   "RULE+grouped (--config.lra.grouped=True), RULE+shared "
                   "(--config.optim.share_moments=True with lra.gamma 1), e.g. "
-                  "rec_lra+grouped+shared.")
+                  "rec_lra+grouped+shared. Any rule: RULE+layerN, the step on a 1 x N "
+                  "('data', 'layer') mesh (--config.mesh.layer=N; memory per device).")
 VARIANTS = {"grouped": {"lra.grouped": True},
             "shared": {"optim.share_moments": True, "lra.gamma": 1.0,
                        "lra.gamma_schedule": "constant"}}
@@ -53,11 +57,14 @@ def split_rule(row: str) -> tuple[str, dict]:
     rule, *suffixes = row.split("+")
     overrides = {}
     for suffix in suffixes:
+        if suffix.startswith("layer") and suffix[5:].isdigit() and int(suffix[5:]) > 1:
+            overrides.update({"mesh.data": 1, "mesh.layer": int(suffix[5:])})
+            continue
         if suffix not in VARIANTS:
             raise ConfigError(f"--rules: unknown suffix +{suffix} in {row!r}; choose from "
-                              f"{', '.join('+' + v for v in VARIANTS)}.")
+                              f"{', '.join('+' + v for v in VARIANTS)}, +layerN (N > 1).")
         overrides.update(VARIANTS[suffix])
-    if suffixes and not rules_lib.RULES[rule].local:
+    if set(overrides) - {"mesh.data", "mesh.layer"} and not rules_lib.RULES[rule].local:
         raise ConfigError(f"--rules: {row}: only local rules take these options (autodiff "
                           f"rules take one gradient).")
     return rule, overrides
@@ -71,26 +78,45 @@ def build_step(config, row, data, batches, info):
             for key, value in overrides.items():
                 config_schema.set_key(config, key, value)
         builder.validate(config, rules_run=[rule])
+    layer = overrides.get("mesh.layer", 1)
+    try:
+        sharding = (steps.data_mesh_sharding(config.batch_size, 1, layer) if layer > 1
+                    else None)
+    except ValueError as e:
+        raise ConfigError(f"--rules: {row}: {e} (on a CPU: XLA_FLAGS="
+                          f"--xla_force_host_platform_device_count={layer})") from None
     setup = builder.create_setup(config, input_shape=data[0].shape[1:],
                                  num_classes=info.num_classes, total_steps=10**6, rule=rule,
-                                 normalization=info.normalization, donate=False)
-    compiled = setup.train_fn.lower(setup.state, data, batches).compile()
-    return setup.train_fn, setup.state, compiled.memory_analysis()
+                                 normalization=info.normalization, donate=False,
+                                 sharding=sharding)
+    state = setup.state
+    if sharding is not None:
+        state = jax.device_put(state, steps.state_shardings(state, sharding))
+    compiled = setup.train_fn.lower(state, data, batches).compile()
+    return setup.train_fn, state, compiled.memory_analysis()
+
+
+def _device_bytes(x) -> int:
+    """Bytes of `x` on one device (a split array's shard, else the whole)."""
+    sharding = getattr(x, "sharding", None)
+    shape = sharding.shard_shape(x.shape) if sharding is not None else x.shape
+    return int(np.prod(shape)) * x.dtype.itemsize
 
 
 def state_bytes(state) -> dict[str, int]:
-    """Where a train state's bytes go: forward parameters (with BatchNorm statistics),
-    error synapses, and the optimizer state of each (AdamW keeps two moments per entry)."""
+    """Where a train state's bytes go, on one device: forward parameters (with BatchNorm
+    statistics), error synapses, and the optimizer state of each (AdamW keeps two moments
+    per entry)."""
     out = {"params": 0, "synapses": 0, "opt params": 0, "opt synapses": 0}
     for key, tree in (("params", (state.params, state.batch_stats)),
                       ("synapses", state.feedback)):
-        out[key] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+        out[key] = sum(_device_bytes(x) for x in jax.tree.leaves(tree))
     for path, x in jax.tree_util.tree_leaves_with_path(state.opt_state):
         if not hasattr(x, "dtype"):
             continue
         side = "synapses" if any(getattr(k, "key", None) == "feedback" for k in path) else \
             "params"
-        out[f"opt {side}"] += x.size * x.dtype.itemsize
+        out[f"opt {side}"] += _device_bytes(x)
     return out
 
 
@@ -160,7 +186,8 @@ def main(argv):
 
 def memory_table(built: dict) -> None:
     """Where each rule's memory goes: the train state by part, and XLA's temporaries."""
-    print("\nWhere the state's memory goes (MiB; optimizer state split by what it updates):\n")
+    print("\nWhere the state's memory goes (MiB on one device; optimizer state split by what "
+          "it updates):\n")
     print("| rule | params + BN stats | synapses | optimizer state of params | optimizer "
           "state of synapses | XLA temp | total (state + temp) | ratio to bp |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

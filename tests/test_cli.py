@@ -17,9 +17,11 @@ pytestmark = pytest.mark.slow  # the command line in subprocesses
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(module, config, workdir, *flags):
+def _run(module, config, workdir, *flags, devices=None):
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("XLA_FLAGS", None)
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     workdir_flag = [f"--workdir={workdir}"] if workdir is not None else []
     return subprocess.run([sys.executable, "-m", module, f"--config={config}", *workdir_flag,
                            *flags], cwd=REPO, env=env, capture_output=True, text=True,
@@ -164,16 +166,20 @@ def test_benchmark_times_every_rule_of_the_family():
 
 def test_benchmark_memory_only_compiles_and_reports_without_timing():
     proc = _run("experiments.benchmark_step", "configs/fmnist_mlp.py:smoke", None,
-                "--steps=1", "--notime", "--rules=rec_lra,rec_lra+grouped+shared,bp",
-                "--config.model.hidden=(512,512,512)")
+                "--steps=1", "--notime",
+                "--rules=rec_lra,rec_lra+grouped+shared,rec_lra+layer4,bp",
+                "--config.model.hidden=(512,512,512)", devices=4)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ms / step" not in proc.stdout and "not run" in proc.stdout
     rows = [line.split("|") for line in proc.stdout.splitlines()
             if line.startswith(("| rec_lra", "| bp"))]
-    assert [r[1].strip() for r in rows] == ["rec_lra", "rec_lra+grouped+shared", "bp"]
-    assert rows[2][-2].strip() == "1.00"
+    assert [r[1].strip() for r in rows] == ["rec_lra", "rec_lra+grouped+shared",
+                                            "rec_lra+layer4", "bp"]
+    assert rows[3][-2].strip() == "1.00"
     # the shared row keeps fewer optimizer moments for its synapses (an MLP's twins)
     assert float(rows[1][5]) < float(rows[0][5]), rows
+    # on a 1 x 4 ('data', 'layer') mesh each device holds about a quarter of the state
+    assert float(rows[2][2]) < 0.3 * float(rows[0][2]), rows
     for bad, says in (("bp+grouped", "only local rules"), ("rec_lra+fast", "unknown suffix")):
         proc = _run("experiments.benchmark_step", "configs/fmnist_mlp.py:smoke", None,
                     "--steps=1", "--notime", f"--rules={bad}")
