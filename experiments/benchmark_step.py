@@ -78,10 +78,10 @@ def build_step(config, row, data, batches, info):
             for key, value in overrides.items():
                 config_schema.set_key(config, key, value)
         builder.validate(config, rules_run=[rule])
-    layer = overrides.get("mesh.layer", 1)
+    layer = config.mesh.get("layer", 1)
     try:
-        sharding = (steps.data_mesh_sharding(config.batch_size, 1, layer) if layer > 1
-                    else None)
+        sharding = (steps.data_mesh_sharding(config.batch_size, config.mesh.data, layer)
+                    if layer > 1 else None)
     except ValueError as e:
         raise ConfigError(f"--rules: {row}: {e} (on a CPU: XLA_FLAGS="
                           f"--xla_force_host_platform_device_count={layer})") from None

@@ -210,9 +210,8 @@ def describe_wiring(config: ml_collections.ConfigDict, rule: str | None = None) 
                 "direct": "direct (DFA)"}[w.sources]
     if config.model.name == "mlp":
         return f"modules of {w.module_size}, depth {w.depth}"
-    name = f"{w.module}s{' + stem' * w.stem_module}, depth {w.depth}"
-    if w.module_stages > 1:
-        name = f"modules of {w.module_stages} stages{' + stem' * w.stem_module}, depth {w.depth}"
+    modules = f"modules of {w.module_stages} stages" if w.module_stages > 1 else f"{w.module}s"
+    name = f"{modules}{' + stem' * w.stem_module}, depth {w.depth}"
     if w.chain != "full":
         name += f", {w.chain} chain"
     if w.local_loss != "only":

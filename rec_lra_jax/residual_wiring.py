@@ -69,8 +69,8 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict,
     mirrored = wiring.sources == "transpose"
     if mirrored:
         wiring = dataclasses.replace(wiring, depth=2, head_last=True, module="block",
-                                     local_loss="none", skip_learning="kp",
-                                     skip_activity=False)
+                                     chain="full", module_stages=1, local_loss="none",
+                                     skip_learning="kp", skip_activity=False)
     staged = wiring.module == "stage"
     if staged and (wiring.depth != 2 or wiring.skip_source not in ("dense", "channel")):
         raise ValueError(f"module='stage' drives stage outputs from the output error (skip "
@@ -203,7 +203,7 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict,
             drive = from_output(b, b, post, kind="pool")
             chained = False
         elif mirrored or (staged and chained):
-            drive = mirror(b, b, post, blocks[i + 1], branch or mirrored)
+            drive = mirror(b, b, post, blocks[i + 1], branch)
             if staged and wiring.inner_loss:  # its own readout beside the chain
                 local = dataclasses.replace(wiring, local_loss="only")
                 drive = (*drive, from_output(f"{b}_inner", b, post, wiring=local))
@@ -240,7 +240,7 @@ def residual_graph(wiring: Wiring, signals: dict, params: dict,
     chained, drive = (wiring.skip_source == "head" or mirrored or staged) and not own, "stem"
     teach = ()
     if mirrored or (staged and not own):  # module "stage": the stem is in stage 1
-        drive = mirror("stem", "stem", reads, blocks[0], branch or mirrored)
+        drive = mirror("stem", "stem", reads, blocks[0], branch)
     elif chained:
         from_block("stem", "stem", reads, blocks[0])
     else:
