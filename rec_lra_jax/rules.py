@@ -181,7 +181,7 @@ def rec_lra(*, beta: Any = 0.1, gamma: Any = 1.0, wiring: Wiring | None = None,
                       error_unit=error_unit, alpha_skip=alpha_skip,
                       alpha_adjacent=alpha_adjacent, feedback_rule=feedback_rule, dx=dx,
                       bn_error=bn_error, activation=activation,
-                      output_error_unit=output_error_unit, rescale=rescale)
+                      output_error_unit=output_error_unit, rescale=rescale, grouped=grouped)
 
 
 def schedule(kind: str, start: float, final: float, total_steps: int):

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from rec_lra_jax import resnet, rules, steps
+from rec_lra_jax import local, resnet, rules, steps
 from rec_lra_jax.models import get_activation
 from rec_lra_jax.wiring import Wiring, build, get, recursive_sources
 from tests.helpers import rule_deltas, rule_feedback, tiny_mlp, unit_errors
@@ -170,7 +170,7 @@ def _grouped_cases():
 
 @pytest.mark.parametrize("family,name,make", _grouped_cases(),
                          ids=[f"{f}-{n}" for f, n, _ in _grouped_cases()])
-def test_grouped_deltas_equal_the_looped_ones(family, name, make):
+def test_grouped_deltas_equal_the_looped_ones(family, name, make, monkeypatch):
     """grouped=True computes same-shape layers' and synapses' deltas with one jax.vmap per
     group: the same deltas as one op per layer (to 1e-6), for every local rule, MLP and
     ResNet, and groups of more than one really form."""
@@ -186,8 +186,13 @@ def test_grouped_deltas_equal_the_looped_ones(family, name, make):
     tx, wiring = make(False), _wiring_of(name)
     signals = model.apply(steps.model_variables(params, batch_stats), x, train=False)
     feedback = wiring.init(jax.random.key(1), signals, params, activation=activation)
+    calls = []
+    vmapped = local.vmapped
+    monkeypatch.setattr(local, "vmapped", lambda *a: calls.append(1) or vmapped(*a))
     looped = rule_deltas(tx, model, params, feedback, x, labels, batch_stats)
+    assert not calls  # the looped path: one op per layer
     grouped = rule_deltas(make(True), model, params, feedback, x, labels, batch_stats)
+    assert calls  # the option reached the deltas: the vmapped path ran
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(looped),
                             jax.tree.leaves(grouped), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * float(jnp.abs(a).max()) + 1e-9,
