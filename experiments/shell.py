@@ -8,6 +8,7 @@ with another config, a corrupt checkpoint, a diverged run) end the process with 
 import logging as std_logging
 import os
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -85,8 +86,11 @@ def run_main(main) -> None:
         except USER_ERRORS as e:
             # Orbax's abandoned read and write coroutines report themselves as "Exception
             # ignored" when the interpreter collects them on the way out: the line below
-            # already says what failed.
+            # already says what failed; so do their worker threads when the interpreter
+            # closes their event loops under them ("Event loop is closed", seen on a loaded
+            # machine after a damaged checkpoint).
             sys.unraisablehook = lambda unraisable: None
+            threading.excepthook = lambda args: None
             sys.exit(f"error: {e}")
         except KeyboardInterrupt:  # outside the training loop (which says its step)
             sys.exit("error: Interrupted before training began; re-run the same command to "
