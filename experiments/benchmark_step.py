@@ -17,7 +17,9 @@ then timed over `steps` fused steps on random data of the dataset's image shape;
 interleaved across `repeats` rounds and the median is reported, so the ratios to backprop
 come from the same run on the same machine state. Memory is XLA's own account of the
 compiled step (`memory_analysis()`): the temporary buffers it needs at its peak, plus
-arguments and outputs; it is exact for the compiled program, not a sampled RSS.
+arguments and outputs; it is exact for the compiled program, not a sampled RSS. A last
+table gives XLA's static cost of a step (`cost_analysis()`: flops, bytes accessed, and the
+count of fused kernels), ratios free of timing noise.
 """
 
 import statistics
@@ -93,7 +95,19 @@ def build_step(config, row, data, batches, info):
     if sharding is not None:
         state = jax.device_put(state, steps.state_shardings(state, sharding))
     compiled = setup.train_fn.lower(state, data, batches).compile()
-    return setup.train_fn, state, compiled.memory_analysis()
+    return setup.train_fn, state, compiled.memory_analysis(), static_cost(compiled)
+
+
+def static_cost(compiled) -> dict[str, float]:
+    """XLA's static estimate of a compiled call: floating-point operations and bytes
+    accessed (a fused loop's body counted once, so about one train step), and the number of
+    fused kernels in its program (each a launch: on a CPU their fixed cost is what small
+    steps pay)."""
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
+    return {"flops": float(cost.get("flops", float("nan"))),
+            "bytes": float(cost.get("bytes accessed", float("nan"))),
+            "fusions": compiled.as_text().count(" fusion(")}
 
 
 def _device_bytes(x) -> int:
@@ -154,12 +168,13 @@ def main(argv):
               f"{'x'.join(map(str, shape))} inputs, batch {config.batch_size}, "
               f"{jax.devices()[0].device_kind}, jax {jax.__version__}")
         memory_table(built)
+        cost_table(built)
         return
-    for fn, state, _ in built.values():  # warm up
+    for fn, state, *_ in built.values():  # warm up
         jax.block_until_ready(fn(state, data, batches))
     times = {r: [] for r in rules}
     for _ in range(FLAGS.repeats):
-        for r, (fn, state, _) in built.items():
+        for r, (fn, state, *_) in built.items():
             t0 = time.perf_counter()
             jax.block_until_ready(fn(state, data, batches))
             times[r].append((time.perf_counter() - t0) / FLAGS.steps * 1e3)
@@ -172,7 +187,7 @@ def main(argv):
           "args+out MiB | memory ratio to bp |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     total = {r: _mib(m, "temp_size_in_bytes", "argument_size_in_bytes",
-                     "output_size_in_bytes") for r, (_, _, m) in built.items()}
+                     "output_size_in_bytes") for r, (_, _, m, _) in built.items()}
     for r in rules:
         ratio = f"{median[r] / median['bp']:.2f}" if "bp" in median else "n/a"
         mem = built[r][2]
@@ -182,6 +197,21 @@ def main(argv):
               f"{_mib(mem, 'argument_size_in_bytes', 'output_size_in_bytes'):.1f} | "
               f"{mratio} |")
     memory_table(built)
+    cost_table(built)
+
+
+def cost_table(built: dict) -> None:
+    """XLA's static cost of each rule's step (`static_cost`), and its ratio to bp's."""
+    print("\nXLA's static cost of one step (cost analysis of the compiled program; no "
+          "timing noise):\n")
+    print("| rule | GFLOP | flops ratio to bp | MB accessed | bytes ratio to bp | fused "
+          "kernels | kernels ratio to bp |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    costs = {r: b[3] for r, b in built.items()}
+    for r, c in costs.items():
+        ratio = {k: f"{c[k] / costs['bp'][k]:.2f}" if "bp" in costs else "n/a" for k in c}
+        print(f"| {r} | {c['flops'] / 1e9:.4g} | {ratio['flops']} | {c['bytes'] / 1e6:.1f} | "
+              f"{ratio['bytes']} | {c['fusions']} | {ratio['fusions']} |")
 
 
 def memory_table(built: dict) -> None:
@@ -192,8 +222,8 @@ def memory_table(built: dict) -> None:
           "state of synapses | XLA temp | total (state + temp) | ratio to bp |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     totals = {r: sum(state_bytes(state).values()) / 2**20 + _mib(mem, "temp_size_in_bytes")
-              for r, (_, state, mem) in built.items()}
-    for r, (_, state, mem) in built.items():
+              for r, (_, state, mem, _) in built.items()}
+    for r, (_, state, mem, _) in built.items():
         parts = {k: v / 2**20 for k, v in state_bytes(state).items()}
         temp = _mib(mem, "temp_size_in_bytes")
         ratio = f"{totals[r] / totals['bp']:.2f}" if "bp" in totals else "n/a"

@@ -156,12 +156,21 @@ def test_benchmark_times_every_rule_of_the_family():
     proc = _run("experiments.benchmark_step", "configs/fmnist_mlp.py:smoke", None,
                 "--steps=2", "--repeats=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # Two tables, each one row per rule in registry order: step time, then where memory goes.
-    tables = [[line.split("|")[1].strip() for line in block.splitlines()
-               if line.startswith("| ") and not line.startswith(("| rule", "| ---"))]
-              for block in proc.stdout.split("\n\n") if "| rule" in block]
+    # Three tables, each one row per rule in registry order: step time, where memory goes,
+    # XLA's static cost.
+    tables = _tables(proc.stdout)
     family = ["rec_lra", "lra_e", "kp", "dfa", "bp", "fa", "sign_symmetry"]  # rules.RULES
-    assert tables == [family, family]
+    assert [[row[0] for row in table] for table in tables] == [family] * 3
+    cost = {row[0]: row for row in tables[2]}
+    assert cost["bp"][2] == cost["bp"][4] == cost["bp"][6] == "1.00"
+    assert all(float(row[1]) > 0 and int(row[5]) > 0 for row in cost.values())
+
+
+def _tables(stdout):
+    """The markdown tables of a benchmark's output: their rows' cells, headers left out."""
+    return [[[c.strip() for c in line.split("|")[1:-1]] for line in block.splitlines()
+             if line.startswith("| ") and not line.startswith(("| rule", "| ---"))]
+            for block in stdout.split("\n\n") if "| rule" in block]
 
 
 def test_benchmark_memory_only_compiles_and_reports_without_timing():
@@ -171,8 +180,7 @@ def test_benchmark_memory_only_compiles_and_reports_without_timing():
                 "--config.model.hidden=(512,512,512)", devices=4)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ms / step" not in proc.stdout and "not run" in proc.stdout
-    rows = [line.split("|") for line in proc.stdout.splitlines()
-            if line.startswith(("| rec_lra", "| bp"))]
+    rows = [["", *row, ""] for row in _tables(proc.stdout)[0]]  # where the memory goes
     assert [r[1].strip() for r in rows] == ["rec_lra", "rec_lra+grouped+shared",
                                             "rec_lra+layer4", "bp"]
     assert rows[3][-2].strip() == "1.00"
