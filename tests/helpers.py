@@ -34,16 +34,10 @@ def tied_feedback(params, sources):
 
 def smoke_config(module=None, **overrides):
     """module.get_config("smoke") (default configs/fmnist_mlp.py) with dotted overrides,
-    e.g. smoke_config(rule="bp", **{"optim.lr": 3e-3}).
-
-    One device unless the test asks for a mesh (`mesh.data`): the loop over conftest's 8
-    fake devices compiles and runs a quarter to a third slower on CI's 2 cores, and the
-    sharded loop has tests of its own (test_loop's mesh tests, the first release's 8-device
-    outputs, the 2-process runs)."""
+    e.g. smoke_config(rule="bp", **{"optim.lr": 3e-3})."""
     if module is None:
         from configs import fmnist_mlp as module  # noqa: PLC0415
     config = module.get_config("smoke")
-    overrides = {"mesh.data": 1, **overrides}
     with config.unlocked():
         for key, value in overrides.items():
             config_schema.set_key(config, key, value)

@@ -63,8 +63,7 @@ def test_loop_reproduces_the_first_release(tmp_path, name, module, rule, epochs)
     # The first release's MLP synapses were N(0, 1) ("unit"); "he" is the default now.
     pins = {"lra.feedback_init": "unit"} if name == "mlp_rec_lra" else {}
     results = train.train_and_evaluate(
-        smoke_config(module, rule=rule, num_epochs=epochs, **{"mesh.data": 0}, **pins),
-        str(tmp_path))  # every visible device, as the fixture's key says
+        smoke_config(module, rule=rule, num_epochs=epochs, **pins), str(tmp_path))
     for key, value in frozen["results"].items():
         assert results[key] == pytest.approx(value, rel=rel), key
     records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
@@ -278,9 +277,7 @@ def test_trainer_aggregates_metrics_exactly(tmp_path, monkeypatch):
 
 def _run_entry_point(workdir, *extra, wait=True, config="configs/fmnist_mlp.py:smoke",
                      module="experiments.fashion_mnist"):
-    one_device = [] if any("mesh." in e for e in extra) else ["--config.mesh.data=1"]
-    cmd = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}",
-           *one_device, *extra]
+    cmd = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}", *extra]
     if wait:
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

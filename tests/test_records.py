@@ -156,7 +156,7 @@ def test_the_frontier_groups_seeds_across_keys_added_since(tmp_path):
     # read share_moments.
     from experiments import frontier  # noqa: PLC0415 - absl flags at import
 
-    new = smoke_config(**{"mesh.data": 0}).to_dict()  # the config's own default mesh
+    new = smoke_config().to_dict()
     old = json.loads(json.dumps(new))
     del old["optim"]["share_moments"], old["mesh"]
     for name, config, seed, rule, acc in [("kp0", old, 0, "kp", 0.5), ("kp1", new, 1, "kp", 0.7),
