@@ -102,7 +102,8 @@ def build_step(config, row, data, batches, info):
 
 def static_cost(compiled) -> dict[str, float]:
     """XLA's static estimate of a compiled call: floating-point operations and bytes
-    accessed (a fused loop's body counted once, so about one train step), and the number of
+    accessed (a fused loop's body counted once, so about one train step; per device on a
+    mesh: a +layerN row's program is one device's share), and the number of
     fused kernels in its program (each a launch: on a CPU their fixed cost is what small
     steps pay)."""
     cost = compiled.cost_analysis()
