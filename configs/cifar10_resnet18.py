@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_batch_size = 128
         config.num_epochs = 1
         config.checkpoint_every_epochs = 0.5
-        config.steps_per_call = 4
+        config.steps_per_call = 1  # the ResNet configs' loop-free step (configs/base.py)
     elif arg == "cpu":
         config.model.width = 8
         config.num_epochs = 5
