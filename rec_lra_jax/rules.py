@@ -119,7 +119,8 @@ def local_rule(*, wiring: Wiring, mode: str = "target", beta: Any = 0.1,
         errors = sweep.run(g, signals, labels, params["feedback"], beta=beta, mode=mode,
                            error_unit=error_unit, alpha_skip=alpha_skip,
                            alpha_adjacent=alpha_adjacent, norm=bn_error,
-                           output_error_unit=output_error_unit, rescale=rescale)
+                           output_error_unit=output_error_unit, rescale=rescale,
+                           grouped=grouped)
         deltas = {"params": local.layer_deltas(g, signals, errors, dx=dx, norm=bn_error,
                                                grouped=grouped),
                   "feedback": local.synapse_deltas(g, signals, errors, rule=feedback_rule,

@@ -20,6 +20,7 @@ eps uses alpha_adjacent where a unit is driven by the unit directly above, alpha
 elsewhere and at the output.
 """
 
+import itertools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -78,23 +79,29 @@ def norm_error(signals: dict | None, e: jax.Array, treatment: str = "jacobian") 
     return centred * gain
 
 
+MATMUL_FIRST = ("dense", "channel", "pool")  # synapse kinds that begin with e @ E
+
+
 def carry(synapse: Synapse, E: jax.Array, e: jax.Array, shape: tuple[int, ...],
-          activity: jax.Array | None = None) -> jax.Array:
+          activity: jax.Array | None = None, product: jax.Array | None = None) -> jax.Array:
     """The displacement a synapse of each kind gives a unit of activity shape `shape`
-    ("bilinear" also reads the unit's own `activity` z: z (sum_k e_k E_k))."""
+    ("bilinear" also reads the unit's own `activity` z: z (sum_k e_k E_k)). `product`: the
+    matmul e E of a `MATMUL_FIRST` kind, already computed (`shared_products`)."""
     if synapse.kind == "bilinear":
         return jnp.einsum("bhwc,bcd->bhwd", activity, jnp.einsum("bk,kcd->bcd", e, E))
     if synapse.kind == "identity":
         return jnp.broadcast_to(e, shape)
+    if synapse.kind in MATMUL_FIRST and product is None:
+        product = e.reshape(e.shape[0], -1) @ E
     if synapse.kind == "dense":
-        return (e.reshape(e.shape[0], -1) @ E).reshape(shape)
+        return product.reshape(shape)
     if synapse.kind == "channel":
-        return jnp.broadcast_to((e @ E)[:, None, None, :], shape)
+        return jnp.broadcast_to(product[:, None, None, :], shape)
     if synapse.kind == "pool":
         grid = synapse.geometry[0]
         if grid == 1:
-            return conv.avg_pool_adjoint(e @ E, shape[1:3])
-        return conv.grid_pool_adjoint(e @ E, shape, grid)
+            return conv.avg_pool_adjoint(product, shape[1:3])
+        return conv.grid_pool_adjoint(product, shape, grid)
     if synapse.kind == "conv":
         strides, padding = synapse.geometry
         return conv.transpose_displacement(e, E, shape, strides=strides, padding=padding)
@@ -104,6 +111,26 @@ def carry(synapse: Synapse, E: jax.Array, e: jax.Array, shape: tuple[int, ...],
         return conv.upsample_adjoint(
             conv.transpose_displacement(e, E, up, padding=padding), factor)
     raise ValueError(f"Unknown synapse kind {synapse.kind!r}.")
+
+
+def shared_sources(graph: Graph) -> dict[tuple[str, str], tuple[str, ...]]:
+    """{error source: its synapses of a `MATMUL_FIRST` kind}, for sources that two or more
+    such synapses carry (the paper's skips all read e_L): their products e E_1, ..., e E_n
+    come from one matmul against [E_1 ... E_n] (`run(..., grouped=True)`)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for synapse in graph.synapses.values():
+        if synapse.kind in MATMUL_FIRST:
+            out.setdefault(synapse.source, []).append(synapse.name)
+    return {source: tuple(names) for source, names in out.items() if len(names) > 1}
+
+
+def shared_products(e: jax.Array, synapses: tuple[str, ...], feedback: dict
+                    ) -> dict[str, jax.Array]:
+    """{synapse: e E_s} for synapses that carry the same error e, from one matmul."""
+    kernels = [feedback[s] for s in synapses]
+    product = e.reshape(e.shape[0], -1) @ jnp.concatenate(kernels, axis=1)
+    splits = list(itertools.accumulate(k.shape[1] for k in kernels))[:-1]
+    return dict(zip(synapses, jnp.split(product, splits, axis=1), strict=True))
 
 
 def readout_error(readout, signals: dict, labels: jax.Array, feedback: dict,
@@ -175,7 +202,8 @@ def _max_pool_adjoint(z: jax.Array, d: jax.Array, pool: tuple[int, int, int]) ->
 def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta: Any = 0.1,
         mode: str = "target", error_unit: str = "l2", alpha_skip: Any = 1.0,
         alpha_adjacent: Any = 1.0, norm: str = "jacobian",
-        output_error_unit: str | None = None, rescale: bool = False) -> Errors:
+        output_error_unit: str | None = None, rescale: bool = False,
+        grouped: bool = False) -> Errors:
     """Every unit's error, and each synapse's carried error and displacement.
 
     `output_error_unit` (default: `error_unit`) is eps at the output only; "l2" keeps the
@@ -183,6 +211,9 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
     units. `rescale` divides each hidden unit's mismatch by beta before eps,
     e_u = eps((z_u - ybar_u) / beta): a target nudged by beta d leaves a mismatch of about
     beta phi'(h) d, so without it errors shrink by ~beta per hop along a long chain.
+    `grouped`: synapses that carry the same error and begin with a matmul (`shared_sources`)
+    share one matmul against their concatenated kernels (equal to the loop up to summation
+    order).
     """
     units: dict[str, jax.Array] = {}
     sources: dict[str, jax.Array] = {}
@@ -204,6 +235,16 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
     for name, decoder in graph.decoders.items():  # reconstructions' errors
         units[name] = decoder_error(decoder, signals, feedback)
 
+    shared = shared_sources(graph) if grouped else {}
+    products: dict[str, jax.Array] = {}
+
+    def product(synapse: Synapse, e_src: jax.Array) -> jax.Array | None:
+        if synapse.source not in shared:
+            return None
+        if synapse.name not in products:
+            products.update(shared_products(e_src, shared[synapse.source], feedback))
+        return products[synapse.name]
+
     def layer_error(name: str) -> jax.Array:
         layer = graph.layers[name]
         e = unit_error(layer.unit)
@@ -218,7 +259,8 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
             kind, source = synapse.source
             e_src = unit_error(source) if kind == "unit" else layer_error(source)
             z_s = get(signals, synapse.reads)
-            d_s = carry(synapse, feedback.get(synapse.name), e_src, z_s.shape, z_s)
+            d_s = carry(synapse, feedback.get(synapse.name), e_src, z_s.shape, z_s,
+                        product(synapse, e_src))
             sources[synapse.name], displacements[synapse.name] = e_src, d_s
             if synapse.kind == "upconv":  # scaled against the unit's other drive below
                 weight = graph.decoders[source].weight
@@ -249,7 +291,8 @@ def run(graph: Graph, signals: dict, labels: jax.Array, feedback: dict, *, beta:
             kind, source = synapse.source
             e_src = unit_error(source) if kind == "unit" else layer_error(source)
             z_s = get(signals, synapse.reads)
-            d_s = carry(synapse, feedback.get(synapse.name), e_src, z_s.shape, z_s)
+            d_s = carry(synapse, feedback.get(synapse.name), e_src, z_s.shape, z_s,
+                        product(synapse, e_src))
             sources[synapse.name], displacements[synapse.name] = e_src, d_s
             d = d + d_s
         if unit.teach:

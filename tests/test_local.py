@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from rec_lra_jax import local, resnet, rules, steps
+from rec_lra_jax import local, resnet, rules, steps, sweep
 from rec_lra_jax.models import get_activation
 from rec_lra_jax.wiring import Wiring, build, get, recursive_sources
 from tests.helpers import rule_deltas, rule_feedback, tiny_mlp, unit_errors
@@ -172,8 +172,9 @@ def _grouped_cases():
                          ids=[f"{f}-{n}" for f, n, _ in _grouped_cases()])
 def test_grouped_deltas_equal_the_looped_ones(family, name, make, monkeypatch):
     """grouped=True computes same-shape layers' and synapses' deltas with one jax.vmap per
-    group: the same deltas as one op per layer (to 1e-6), for every local rule, MLP and
-    ResNet, and groups of more than one really form."""
+    group, and the carries of synapses that read the same error with one matmul: the same
+    deltas as one op per layer and synapse (to 1e-6), for every local rule, MLP and ResNet,
+    and groups of more than one really form."""
     if family == "mlp":
         model, params, x, labels = tiny_mlp((6, 6, 6, 6, 6, 4), input_dim=6, batch=5)
         batch_stats, activation = {}, "tanh"
@@ -189,15 +190,23 @@ def test_grouped_deltas_equal_the_looped_ones(family, name, make, monkeypatch):
     calls = []
     vmapped = local.vmapped
     monkeypatch.setattr(local, "vmapped", lambda *a: calls.append(1) or vmapped(*a))
+    shared, products = [], sweep.shared_products
+    monkeypatch.setattr(sweep, "shared_products",
+                        lambda e, names, fb: shared.append(names) or products(e, names, fb))
     looped = rule_deltas(tx, model, params, feedback, x, labels, batch_stats)
-    assert not calls  # the looped path: one op per layer
+    assert not calls and not shared  # the looped path: one op per layer and synapse
     grouped = rule_deltas(make(True), model, params, feedback, x, labels, batch_stats)
     assert calls  # the option reached the deltas: the vmapped path ran
+    graph = build(wiring, signals, params, get_activation(activation) if activation else None)
+    # ... and the sweep: every error that two matmul-first synapses carry, once
+    assert sorted(shared) == sorted(sweep.shared_sources(graph).values())
+    if name in ("rec_lra", "dfa"):  # their skips read e_L: one matmul carries them all
+        output = next(name for name, unit in graph.units.items() if unit.drive is None)
+        assert len(sweep.shared_sources(graph)[("unit", output)]) > 1, shared
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(looped),
                             jax.tree.leaves(grouped), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * float(jnp.abs(a).max()) + 1e-9,
                                    err_msg=jax.tree_util.keystr(path))
-    graph = build(wiring, signals, params, get_activation(activation) if activation else None)
     layer_groups = {}
     for layer in graph.layers.values():
         key = (layer.kind, get(signals, layer.input).shape, layer.kernel_shape)
