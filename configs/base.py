@@ -52,8 +52,9 @@ def get_config(family: str = "mlp") -> ml_collections.ConfigDict:
     config.lra.output_error_unit = "l2"  # l2 | same | mixed | cauchy
     config.lra.feedback_scale = 1.0  # multiplies the synapses' init std (rec_lra, lra_e, dfa)
     config.lra.dx = False  # ablation: multiply errors by phi' in the weight update
-    # local rules' deltas of same-shape layers and synapses from one jax.vmap per group
-    # (the same numbers up to float rounding; faster or not by backend: BENCHMARKS.md)
+    # local rules' deltas of same-shape layers and synapses from one jax.vmap per group,
+    # and the sweep's carries of one error by several synapses from one matmul (the same
+    # numbers up to float rounding; faster or not by backend: BENCHMARKS.md)
     config.lra.grouped = False
     # divide hidden mismatches by beta, e = eps((z - ybar) / beta): errors keep their scale
     # over long chains (without it they shrink by ~beta per hop)
