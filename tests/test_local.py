@@ -201,7 +201,7 @@ def test_grouped_deltas_equal_the_looped_ones(family, name, make, monkeypatch):
     # ... and the sweep: every error that two matmul-first synapses carry, once
     assert sorted(shared) == sorted(sweep.shared_sources(graph).values())
     if name in ("rec_lra", "dfa"):  # their skips read e_L: one matmul carries them all
-        output = next(name for name, unit in graph.units.items() if unit.drive is None)
+        output = next(n for n, unit in graph.units.items() if unit.drive is None)
         assert len(sweep.shared_sources(graph)[("unit", output)]) > 1, shared
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(looped),
                             jax.tree.leaves(grouped), strict=True):
